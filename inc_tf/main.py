@@ -1,0 +1,47 @@
+"""Train a classifier and measure intermediate neural collapse.
+
+Usage:
+  python -m inc_tf.main --flagfile=configs/demo_fashion_mnist_mlp.cfg
+
+Flags after --flagfile override the flagfile's values. The run directory
+(--workdir) receives flags.txt, history.jsonl, metrics.jsonl, onset.jsonl,
+tensorboard/, checkpoints/ and figures/; running the same command again
+resumes an interrupted run.
+"""
+
+import sys
+
+from absl import app
+from absl import logging
+
+from inc_tf import flags as flags_lib
+
+flags_lib.define_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    config = flags_lib.config_from_flags(sys.argv)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+
+  # Imported after flag parsing so that --help does not start TensorFlow.
+  from inc_tf import train  # pylint: disable=g-import-not-at-top
+  from inc_tf import plots  # pylint: disable=g-import-not-at-top
+
+  try:
+    result = train.run(config, flags_text=flags_lib.flags_text(config))
+  except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
+    logging.error("%s", e)
+    return 1
+
+  paths = plots.finish_run(result.workdir)
+  print(plots.format_final_table(plots.load_run(result.workdir)))
+  print("Figures:\n" + "\n".join(f"  {p}" for p in paths))
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)
