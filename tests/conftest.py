@@ -19,3 +19,33 @@ def pytest_configure(config):
   cpus = tf.config.list_physical_devices("CPU")
   tf.config.set_logical_device_configuration(
       cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+# Two MirroredStrategy objects over the same devices in one process reuse
+# collective instance keys, and the second one's all-reduce can then fail
+# with "Shape mismatch in the collective instance" (TF 2.21). Tests share
+# one strategy per device set through these fixtures instead.
+_STRATEGIES = {}
+
+
+def _strategy(devices):
+  import tensorflow as tf
+  key = tuple(devices)
+  if key not in _STRATEGIES:
+    _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
+  return _STRATEGIES[key]
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture
+def one_replica():
+  """A MirroredStrategy over one CPU device, shared by all tests."""
+  return _strategy(["/cpu:0"])
+
+
+@pytest.fixture
+def two_replicas():
+  """A MirroredStrategy over two logical CPU devices, shared by all tests."""
+  return _strategy(["/cpu:0", "/cpu:1"])
