@@ -18,8 +18,9 @@ FLAGS = flags.FLAGS
 RUN_FLAG_NAMES = []
 
 
-def _define(definer, name, default, help_text, **kwargs):
-  definer(name, default, help_text, **kwargs)
+def _define(definer, name, default, *args, **kwargs):
+  # `*args` passes DEFINE_enum's `enum_values` before the help text.
+  definer(name, default, *args, **kwargs)
   RUN_FLAG_NAMES.append(name)
 
 
