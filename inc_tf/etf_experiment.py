@@ -76,7 +76,7 @@ _STYLE = {
 _ETF_LAYER_COUNTS = flags.DEFINE_list(
     "etf_layer_counts", None,
     "Comma-separated numbers of top weight layers fixed to simplex ETFs, one "
-    "run each, e.g. 0,1,2,3,4,5,6,7,8,9 for the paper's 10 x 1024 MLP. 0 is "
+    "run each, e.g. 0,1,2,3,4,5,6,7,8,9,10 for the paper's 10 x 1024 MLP. 0 is "
     "the unconstrained network. Each value must be an integer >= 0.")
 _UNCONSTRAINED_ONSET = flags.DEFINE_integer(
     "unconstrained_onset", None,
