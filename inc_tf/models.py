@@ -54,6 +54,8 @@ Layer names are stable and unique within a model:
   and `classifier`.
 """
 
+import numbers
+
 import keras
 
 MODEL_NAMES = ("mlp", "convnet", "resnet18", "resnet34", "resnet50")
@@ -95,17 +97,23 @@ def _classifier(num_classes):
 
 
 def _check_positive_int(value, name, fix):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+  """Return `value` as a Python int, raising ValueError unless it is >= 1."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
+      value < 1):
     raise ValueError(
         f"{name} must be a positive integer, but received {value!r}. {fix}")
+  # Keras layers reject NumPy integers such as `units=np.int64(5)`.
+  return int(value)
 
 
 def _check_num_classes(num_classes):
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
-      num_classes < 2):
+  """Return `num_classes` as a Python int, raising ValueError unless >= 2."""
+  if (isinstance(num_classes, bool) or
+      not isinstance(num_classes, numbers.Integral) or num_classes < 2):
     raise ValueError(
         f"num_classes must be an integer of at least 2, but received "
         f"{num_classes!r}. Pass the number of classes of the dataset.")
+  return int(num_classes)
 
 
 def _check_image_shape(input_shape, model_name, min_size):
@@ -114,7 +122,10 @@ def _check_image_shape(input_shape, model_name, min_size):
         f"{model_name} expects input_shape (height, width, channels), but "
         f"received {input_shape!r}. Add a channel axis for grayscale images.")
   height, width, _ = input_shape
-  if height < min_size or width < min_size:
+  # A size of None (variable) is left unchecked.
+  too_small = [size for size in (height, width)
+               if size is not None and size < min_size]
+  if too_small:
     raise ValueError(
         f"{model_name} needs images of at least {min_size} x {min_size} "
         f"pixels, but received input_shape {input_shape!r}. Pad the images.")
@@ -144,9 +155,11 @@ def mlp(input_shape, depth, width, num_classes, name="mlp"):
   Raises:
     ValueError: if `depth`, `width` or `num_classes` is out of range.
   """
-  _check_positive_int(depth, "depth", "Pass the number of hidden layers.")
-  _check_positive_int(width, "width", "Pass the units per hidden layer.")
-  _check_num_classes(num_classes)
+  depth = _check_positive_int(
+      depth, "depth", "Pass the number of hidden layers.")
+  width = _check_positive_int(
+      width, "width", "Pass the units per hidden layer.")
+  num_classes = _check_num_classes(num_classes)
 
   inputs = keras.Input(shape=tuple(input_shape), name="image")
   x = keras.layers.Flatten(name="flatten")(inputs)
@@ -185,9 +198,11 @@ def convnet(input_shape, depth, width, num_classes, name="convnet"):
     ValueError: if an argument is out of range or the image is smaller than
       4 x 4.
   """
-  _check_positive_int(depth, "depth", "Pass the number of 3 x 3 blocks.")
-  _check_positive_int(width, "width", "Pass the channels per convolution.")
-  _check_num_classes(num_classes)
+  depth = _check_positive_int(
+      depth, "depth", "Pass the number of 3 x 3 blocks.")
+  width = _check_positive_int(
+      width, "width", "Pass the channels per convolution.")
+  num_classes = _check_num_classes(num_classes)
   _check_image_shape(input_shape, "convnet", min_size=4)
 
   inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -289,8 +304,9 @@ def resnet(input_shape, num_classes, variant, width=64, name=None):
     raise ValueError(
         f"variant must be one of {sorted(_RESNET_STAGES)}, but received "
         f"{variant!r}.")
-  _check_positive_int(width, "width", "Pass the base channel count, e.g. 64.")
-  _check_num_classes(num_classes)
+  width = _check_positive_int(
+      width, "width", "Pass the base channel count, e.g. 64.")
+  num_classes = _check_num_classes(num_classes)
   _check_image_shape(input_shape, f"resnet{variant}", min_size=8)
   blocks_per_stage, bottleneck = _RESNET_STAGES[variant]
   block = _bottleneck_block if bottleneck else _basic_block
@@ -340,8 +356,10 @@ def build_model(name, input_shape, num_classes, depth=None, width=None):
   default_depth, default_width = _DEFAULTS[name]
   depth = default_depth if depth is None else depth
   width = default_width if width is None else width
-  _check_positive_int(depth, "depth", "Pass a depth of at least 1 or None.")
-  _check_positive_int(width, "width", "Pass a width of at least 1 or None.")
+  depth = _check_positive_int(
+      depth, "depth", "Pass a depth of at least 1 or None.")
+  width = _check_positive_int(
+      width, "width", "Pass a width of at least 1 or None.")
 
   if name == "mlp":
     return mlp(input_shape, depth, width, num_classes, name=name)

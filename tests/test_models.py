@@ -264,6 +264,21 @@ def test_build_model_resnet_width():
   assert model.get_layer("stage4_block1_conv1").filters == 32
 
 
+def test_build_model_numpy_integers():
+  model = models.build_model(
+      "mlp", (4,), np.int64(3), depth=np.int64(2), width=np.int32(5))
+
+  assert _names(models.weight_layers(model)) == [
+      "dense_1", "dense_2", "classifier"]
+  assert model.get_layer("dense_1").units == 5
+
+
+def test_resnet_variable_image_size():
+  model = models.resnet((None, None, 1), num_classes=3, variant=18, width=2)
+
+  assert tuple(model(np.zeros((1, 16, 16, 1), "float32")).shape) == (1, 3)
+
+
 def test_build_model_resnet_matching_depth():
   model = models.build_model("resnet18", (32, 32, 3), 10, depth=18, width=2)
 
@@ -355,3 +370,15 @@ def test_synchronized_batch_norm_matches_one_replica():
   expected = reference(features, training=True).numpy()
 
   np.testing.assert_allclose(distributed, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_logits_float32_under_mixed_precision():
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    model = models.mlp((4,), depth=1, width=3, num_classes=2)
+    logits = model(np.ones((2, 4), "float32"))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+  assert model.get_layer("dense_1").compute_dtype == "float16"
+  assert keras.backend.standardize_dtype(logits.dtype) == "float32"
