@@ -320,7 +320,8 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   with strategy.scope():
     model = models_lib.build_model(
         config.model, splits.x_train.shape[1:], splits.num_classes,
-        depth=config.depth, width=config.width)
+        depth=None if config.model.startswith("resnet") else config.depth,
+        width=config.width)
   total_weight_layers = len(probe_lib.probe_points(model))
 
   # Checkpoints: the epoch to resume from is known before callbacks start,
