@@ -1,0 +1,531 @@
+"""Streaming measurement of every probe point of a Keras classifier.
+
+`measure` runs the probe model (`inc_tf.probe.build_probe`) in inference mode
+over `tf.data` batches and accumulates, for every probe point, the
+`metrics.ClassStats` that `metrics.finalize` turns into the collapse metrics.
+Memory does not grow with the number of samples: no feature matrix is kept,
+only per-class sums and `p x p` (or `p x r`) products.
+
+Passes over the data, each one forward pass of the probe model:
+
+1. Training split: class counts and sums, and for points wider than
+   `max_covariance_dim` the first block `Sigma_W Omega` of the `lambda_max`
+   estimate. Features are shifted by class means taken from the first batch,
+   so that a large common offset does not cancel in float32.
+2. Training split: features centred by the pass-1 class means. Within sums of
+   squares, the `p x p` scatter or the next Krylov product and the
+   projection of `Sigma_W` on the span of the class means (for `nc1`), and
+   the nearest-class-centre counts of NC4.
+3. Only for wide points and `lambda_max_passes > 0`: one more Krylov product
+   per extra pass.
+4. Test split: features shifted by the training class means, which gives
+   exact traces in one pass and the NC4 counts against those means.
+
+All per-batch work runs inside one `tf.function` per pass on the strategy's
+devices: float32 matmuls (float64 for float64 models) on shifted or centred
+features, accumulated across batches in float64. Under a strategy with
+several replicas each replica works on its part of the batch and the partial
+sums are added with `strategy.reduce(SUM)` after every batch. The small
+corrections for the shift (`- sum_c r_c r_c^T / n_c`) and all metric formulas
+run on the host in float64.
+"""
+
+import dataclasses
+from typing import Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from inc_tf import metrics
+from inc_tf import probe as probe_lib
+
+
+@dataclasses.dataclass
+class _PointLayout:
+  """Static facts about one probe point."""
+
+  index: int
+  name: str
+  feature_shape: tuple
+  dim: int
+  wide: bool
+  kernel: Optional[np.ndarray]
+  is_classifier: bool
+
+
+def _num_classes_of(model):
+  width = model.outputs[0].shape[-1]
+  if width is None:
+    raise ValueError(
+        f"The output width of model {model.name!r} is unknown; pass "
+        "num_classes.")
+  return int(width)
+
+
+def _split_batch(batch):
+  """Return `(images, labels)` of a dataset element, labels flat int32."""
+  if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+    raise ValueError(
+        "Expected dataset elements (images, labels), got "
+        f"{type(batch).__name__}; map the dataset to (image, label) pairs.")
+  images, labels = batch[0], batch[1]
+  return images, tf.reshape(tf.cast(labels, tf.int32), [-1])
+
+
+def _compute_dtype(feature):
+  return tf.float64 if feature.dtype == tf.float64 else tf.float32
+
+
+class StreamingMeasurement:
+  """Measures every probe point of one model, reusing its traced passes.
+
+  Build it once and call `measure` after each epoch to avoid retracing the
+  probe model; the module-level `measure` builds a new one on every call.
+
+  Args:
+    model: Keras functional classifier whose output is the logits.
+    num_classes: Number of classes. Defaults to None: the output width.
+    strategy: `tf.distribute.Strategy` whose replicas run the passes.
+      Defaults to None: `tf.distribute.get_strategy()`.
+    max_covariance_dim: Largest flattened feature size `p` for which the
+      `p x p` within-class scatter is accumulated and `lambda_max` is exact.
+      Defaults to `metrics.DEFAULT_MAX_COVARIANCE_DIM` (4096).
+    lambda_max_passes: Extra training passes that refine the `lambda_max`
+      estimate of wider points (see `metrics.layer_metrics`). Defaults to 0.
+    probe: `(probe_model, points)` from `inc_tf.probe.build_probe(model)`.
+      Defaults to None: built here.
+  """
+
+  def __init__(self, model, num_classes=None, strategy=None,
+               max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
+               lambda_max_passes=0, probe=None):
+    if num_classes is None:
+      num_classes = _num_classes_of(model)
+    if isinstance(num_classes, bool) or not isinstance(
+        num_classes, (int, np.integer)) or num_classes < 2:
+      raise ValueError(
+          f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    if max_covariance_dim < 1:
+      raise ValueError(
+          f"max_covariance_dim must be >= 1, got {max_covariance_dim}.")
+    if lambda_max_passes < 0:
+      raise ValueError(
+          f"lambda_max_passes must be >= 0, got {lambda_max_passes}.")
+    self._model = model
+    self._num_classes = int(num_classes)
+    self._strategy = strategy or tf.distribute.get_strategy()
+    self._max_covariance_dim = max_covariance_dim
+    self._lambda_max_passes = lambda_max_passes
+    if probe is None:
+      probe = probe_lib.build_probe(model)
+    self._probe_model, self._points = probe
+    self._passes = {}
+
+  def _layouts(self):
+    """Return one `_PointLayout` per probe point, with the current kernels."""
+    layouts = []
+    last = len(self._points) - 1
+    for position, point in enumerate(self._points):
+      feature_shape = tuple(
+          int(d) for d in self._probe_model.outputs[position].shape[1:])
+      dim = int(np.prod(feature_shape))
+      kernel = np.asarray(
+          keras.ops.convert_to_numpy(point.layer.kernel), dtype=np.float64)
+      layouts.append(_PointLayout(
+          index=point.index, name=point.name, feature_shape=feature_shape,
+          dim=dim, wide=dim > self._max_covariance_dim, kernel=kernel,
+          is_classifier=position == last and kernel.ndim == 2))
+    return layouts
+
+  def measure(self, train_dataset, test_dataset=None):
+    """Measure every probe point on the training and test splits.
+
+    Args:
+      train_dataset: `tf.data.Dataset` of `(images, labels)` batches with
+        integer labels `(batch,)` or `(batch, 1)`. Iterated two times (more
+        with `lambda_max_passes`), plus one batch for the shift.
+      test_dataset: Same for the test split, iterated once. Defaults to None.
+
+    Returns:
+      `{"train": [...], "test": [...]}` with one dict per probe point in
+      order: `layer` (name of the consuming layer), `index`, then what
+      `metrics.finalize` returns. Training results have every key of
+      `metrics.METRIC_KEYS`; test results have the keys of
+      `metrics.TEST_SPLIT_KEYS`, with NC4 against the training class means.
+      `"test"` is an empty list without a test dataset.
+    """
+    layouts = self._layouts()
+    num_classes = self._num_classes
+
+    # Pass 1: class sums around first-batch class means.
+    shifts = self._first_batch_shifts(train_dataset, layouts)
+    omegas = [
+        metrics.sketch_matrix(layout.dim, metrics.sketch_width(num_classes))
+        if layout.wide else None for layout in layouts]
+    first = self._run_pass(train_dataset, "sketch", layouts, shifts=shifts,
+                           rights=omegas)
+    counts = first["counts"]
+    self._check_counts(first, "training")
+    train_means = []
+    krylov = []
+    bases = []
+    for position, layout in enumerate(layouts):
+      sums = first[f"sums_{position}"]
+      means = shifts[position] + sums / np.maximum(counts, 1)[:, None]
+      train_means.append(means)
+      bases.append(metrics.between_basis(means, counts)[0])
+      if layout.wide:
+        image = _corrected_product(
+            first[f"right_{position}"], sums, counts, omegas[position])
+        krylov.append(([omegas[position]], [image]))
+      else:
+        krylov.append(None)
+    logging.info("Measurement pass 1 of the training split done: %d samples.",
+                 int(counts.sum()))
+
+    # Pass 2: centred second moments and NC4 against the final means.
+    rights = [
+        metrics.next_krylov_block(*krylov[position]) if layout.wide else None
+        for position, layout in enumerate(layouts)]
+    second = self._run_pass(
+        train_dataset, "centred", layouts, shifts=train_means, rights=rights,
+        bases=[basis if layout.wide else None
+               for basis, layout in zip(bases, layouts)],
+        ncc_means=train_means, ncc_valid=counts > 0)
+    self._check_counts(second, "training")
+    train_stats = []
+    for position, layout in enumerate(layouts):
+      stats = _centred_stats(second, position, layout, train_means[position],
+                             counts)
+      if layout.wide:
+        blocks, images = krylov[position]
+        blocks.append(rights[position])
+        images.append(_corrected_product(
+            second[f"right_{position}"], second[f"sums_{position}"], counts,
+            rights[position]))
+        basis = bases[position]
+        stats.between_basis = basis
+        stats.within_in_basis = _corrected_gram(
+            second[f"projection_{position}"], second[f"sums_{position}"],
+            counts, basis)
+      train_stats.append(stats)
+    logging.info("Measurement pass 2 of the training split done.")
+
+    # Extra Krylov passes refine lambda_max of wide points only.
+    for extra in range(self._lambda_max_passes):
+      wide_rights = [
+          metrics.next_krylov_block(*krylov[position]) if layout.wide else None
+          for position, layout in enumerate(layouts)]
+      if not any(r is not None for r in wide_rights):
+        break
+      refine = self._run_pass(train_dataset, "krylov", layouts,
+                              shifts=train_means, rights=wide_rights)
+      for position, layout in enumerate(layouts):
+        if layout.wide:
+          blocks, images = krylov[position]
+          blocks.append(wide_rights[position])
+          images.append(_corrected_product(
+              refine[f"right_{position}"], refine[f"sums_{position}"], counts,
+              wide_rights[position]))
+      logging.info("Measurement lambda_max pass %d of %d done.", extra + 1,
+                   self._lambda_max_passes)
+
+    for position, layout in enumerate(layouts):
+      if layout.wide:
+        train_stats[position].lambda_max = metrics.krylov_lambda_max(
+            *krylov[position]) / counts.sum()
+
+    results = {"train": [], "test": []}
+    for layout, stats in zip(layouts, train_stats):
+      results["train"].append(self._finalize(layout, stats, with_kernel=True))
+
+    if test_dataset is not None:
+      results["test"] = self._measure_test(test_dataset, layouts, train_means,
+                                           counts)
+    return results
+
+  def _measure_test(self, test_dataset, layouts, train_means, train_counts):
+    """Measure the test split in one pass around the training class means."""
+    valid = train_counts > 0
+    shifts = []
+    for means in train_means:
+      shift = means.copy()
+      shift[~valid] = means[valid].mean(axis=0)
+      shifts.append(_round_to_float32(shift))
+    test = self._run_pass(test_dataset, "test", layouts, shifts=shifts,
+                          ncc_means=train_means, ncc_valid=valid)
+    self._check_counts(test, "test")
+    counts = test["counts"]
+    if counts.sum() == 0:
+      raise ValueError(
+          "The test dataset has no samples; pass None as test_dataset to "
+          "skip the test split.")
+    test_results = []
+    for position, layout in enumerate(layouts):
+      sums = test[f"sums_{position}"]
+      means = shifts[position] + sums / np.maximum(counts, 1)[:, None]
+      stats = _centred_stats(test, position, layout, means, counts)
+      test_results.append(self._finalize(layout, stats, with_kernel=False))
+    logging.info("Measurement of the test split done: %d samples.",
+                 int(counts.sum()))
+    return test_results
+
+  def _finalize(self, layout, stats, with_kernel):
+    result = {"layer": layout.name, "index": layout.index}
+    result.update(metrics.finalize(
+        stats, self._num_classes,
+        kernel=layout.kernel if with_kernel else None,
+        is_classifier=layout.is_classifier))
+    return result
+
+  def _check_counts(self, totals, split):
+    seen = int(totals["num_seen"])
+    counted = int(totals["counts"].sum())
+    if seen != counted:
+      raise ValueError(
+          f"{seen - counted} of {seen} {split} labels are outside "
+          f"[0, {self._num_classes - 1}]; check num_classes and the labels "
+          "of the dataset.")
+    if split == "training" and seen == 0:
+      raise ValueError("The training dataset has no samples.")
+
+  def _first_batch_shifts(self, dataset, layouts):
+    """Return per-point `(C, p)` shifts: first-batch class means.
+
+    Classes missing from the first batch get the first batch's mean. Any
+    shift gives exact results after the correction; one close to the class
+    means only keeps float32 cancellation small.
+    """
+    batch = next(iter(dataset.take(1)), None)
+    if batch is None:
+      raise ValueError("The training dataset has no samples.")
+    images, labels = _split_batch(batch)
+    outputs = self._probe_model(images, training=False)
+    labels = labels.numpy()
+    shifts = []
+    for position, layout in enumerate(layouts):
+      features = np.asarray(outputs[position], dtype=np.float64).reshape(
+          len(labels), layout.dim)
+      shift = np.tile(features.mean(axis=0), (self._num_classes, 1))
+      for c in np.unique(labels):
+        if 0 <= c < self._num_classes:
+          shift[c] = features[labels == c].mean(axis=0)
+      shifts.append(_round_to_float32(shift))
+    return shifts
+
+  def _run_pass(self, dataset, kind, layouts, shifts, rights=None, bases=None,
+                ncc_means=None, ncc_valid=None):
+    """Run one pass and return its float64 totals as NumPy arrays.
+
+    Args:
+      dataset: `tf.data.Dataset` of `(images, labels)` batches.
+      kind: "sketch", "centred", "krylov" or "test"; selects what is
+        accumulated.
+      layouts: `_PointLayout` per point.
+      shifts: Per point `(C, p)` vectors subtracted from each sample by class.
+      rights: Per point `(p, r)` matrix `Q` for the product `D^T D Q`, or
+        None.
+      bases: Per point `(p, k)` basis for `(D U)^T (D U)`, or None.
+      ncc_means: Per point `(C, p)` class means of the nearest-centre rule.
+      ncc_valid: `(C,)` bool, classes the rule may predict.
+    """
+    num_points = len(layouts)
+    rights = rights or [None] * num_points
+    bases = bases or [None] * num_points
+    with_ncc = ncc_means is not None
+    with_squares = kind in ("centred", "test")
+    with_scatter = [kind == "centred" and not layout.wide
+                    for layout in layouts]
+
+    constants = {"shift": [_as_tensor(s) for s in shifts]}
+    constants["right"] = [_as_tensor(r) for r in rights]
+    constants["basis"] = [_as_tensor(b) for b in bases]
+    if with_ncc:
+      origins = [m[ncc_valid].mean(axis=0) for m in ncc_means]
+      constants["ncc_means"] = [
+          _as_tensor(m - o) for m, o in zip(ncc_means, origins)]
+      constants["ncc_origin"] = [_as_tensor(o) for o in origins]
+      constants["ncc_penalty"] = tf.constant(
+          np.where(ncc_valid, 0.0, np.inf), tf.float32)
+
+    key = (kind, tuple(r is None for r in rights),
+           tuple(b is None for b in bases), with_ncc)
+    if key not in self._passes:
+      self._passes[key] = self._build_pass(
+          layouts, with_squares, with_scatter, with_ncc)
+    distributed = self._strategy.experimental_distribute_dataset(dataset)
+    totals = self._passes[key](distributed, constants)
+    return {name: value.numpy() for name, value in totals.items()}
+
+  def _build_pass(self, layouts, with_squares, with_scatter, with_ncc):
+    """Return a `tf.function(distributed_dataset, constants) -> totals`."""
+    num_classes = self._num_classes
+    probe_model = self._probe_model
+    strategy = self._strategy
+
+    def step(batch, constants):
+      images, labels = _split_batch(batch)
+      outputs = probe_model(images, training=False)
+      logits = outputs[-1]
+      batch_size = tf.shape(labels)[0]
+      in_range = tf.logical_and(labels >= 0, labels < num_classes)
+      # Out-of-range labels are counted by neither one_hot nor the class sums;
+      # the host compares `counts` with `num_seen` and raises.
+      safe_labels = tf.where(in_range, labels, tf.zeros_like(labels))
+      one_hot = tf.one_hot(labels, num_classes, dtype=tf.float64)
+      totals = {
+          "num_seen": tf.cast(batch_size, tf.float64),
+          "counts": tf.reduce_sum(one_hot, axis=0),
+      }
+      if with_ncc:
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+      for position in range(len(layouts)):
+        feature = outputs[position]
+        dtype = _compute_dtype(feature)
+        feature = tf.reshape(tf.cast(feature, dtype), [batch_size, -1])
+        mask = tf.one_hot(labels, num_classes, dtype=dtype)
+        shift = tf.cast(constants["shift"][position], dtype)
+        shifted = feature - tf.gather(shift, safe_labels)
+        totals[f"sums_{position}"] = tf.cast(
+            tf.matmul(mask, shifted, transpose_a=True), tf.float64)
+
+        if with_squares:
+          squares = tf.cast(tf.reduce_sum(tf.square(shifted), axis=1),
+                            tf.float64)
+          totals[f"squares_{position}"] = tf.linalg.matvec(
+              one_hot, squares, transpose_a=True)
+        if with_scatter[position]:
+          totals[f"scatter_{position}"] = tf.cast(
+              tf.matmul(shifted, shifted, transpose_a=True), tf.float64)
+        right = constants["right"][position]
+        if right is not None:
+          reduced = tf.matmul(shifted, tf.cast(right, dtype))
+          totals[f"right_{position}"] = tf.cast(
+              tf.matmul(shifted, reduced, transpose_a=True), tf.float64)
+        basis = constants["basis"][position]
+        if basis is not None:
+          projected = tf.matmul(shifted, tf.cast(basis, dtype))
+          totals[f"projection_{position}"] = tf.cast(
+              tf.matmul(projected, projected, transpose_a=True), tf.float64)
+
+        if with_ncc:
+          centred = feature - tf.cast(constants["ncc_origin"][position], dtype)
+          means = tf.cast(constants["ncc_means"][position], dtype)
+          distances = (
+              -2 * tf.matmul(centred, means, transpose_b=True)
+              + tf.reduce_sum(tf.square(means), axis=1)[None, :])
+          distances = tf.cast(distances, tf.float32) + constants[
+              "ncc_penalty"][None, :]
+          nearest = tf.argmin(distances, axis=-1, output_type=tf.int32)
+          totals[f"ncc_corrects_{position}"] = tf.reduce_sum(
+              tf.cast(tf.equal(nearest, labels), tf.float64))
+          totals[f"ncc_agreements_{position}"] = tf.reduce_sum(
+              tf.cast(tf.equal(nearest, predicted), tf.float64))
+      return totals
+
+    def reduced_step(batch, constants):
+      per_replica = strategy.run(step, args=(batch, constants))
+      return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
+                             axis=None)
+
+    @tf.function
+    def run(distributed, constants):
+      # The first batch fixes the structure and shapes of the loop variables.
+      iterator = iter(distributed)
+      totals = reduced_step(next(iterator), constants)
+      for batch in iterator:
+        totals = tf.nest.map_structure(
+            tf.add, totals, reduced_step(batch, constants))
+      return totals
+
+    return run
+
+
+def _as_tensor(array):
+  """Return `array` as a float64 constant, or None; steps cast it as needed."""
+  if array is None:
+    return None
+  return tf.constant(array, tf.float64)
+
+
+def _round_to_float32(array):
+  """Return `array` rounded to float32 values, as float64.
+
+  Shifts are subtracted on the device in float32 and added back on the host,
+  so both sides must use the same rounded value.
+  """
+  return array.astype(np.float32).astype(np.float64)
+
+
+def _corrected_product(raw, sums, counts, right):
+  """Return `S Q` from `sum d d^T Q` of shifted features.
+
+  With per-class sums `r_c` of the shifted features, the centred scatter is
+  `S = sum d d^T - sum_c r_c r_c^T / n_c`.
+  """
+  present = counts > 0
+  residual = sums[present]
+  return raw - residual.T @ ((residual @ right) / counts[present][:, None])
+
+
+def _corrected_gram(raw, sums, counts, basis):
+  """Return `U^T S U` from `(D U)^T (D U)` of shifted features."""
+  present = counts > 0
+  projected = sums[present] @ basis
+  return raw - projected.T @ (projected / counts[present][:, None])
+
+
+def _centred_stats(totals, position, layout, means, counts):
+  """Build `ClassStats` of one point from a centred or shifted pass."""
+  present = counts > 0
+  sums = totals[f"sums_{position}"]
+  within_ss = totals[f"squares_{position}"].copy()
+  within_ss[present] -= np.sum(sums[present]**2, axis=1) / counts[present]
+  within_ss = np.maximum(within_ss, 0.0)
+  stats = metrics.ClassStats(
+      counts=counts.astype(np.int64), means=means, within_ss=within_ss,
+      feature_shape=layout.feature_shape)
+  if f"scatter_{position}" in totals:
+    residual = sums[present]
+    stats.scatter = totals[f"scatter_{position}"] - residual.T @ (
+        residual / counts[present][:, None])
+  if f"ncc_corrects_{position}" in totals:
+    stats.ncc_corrects = int(round(totals[f"ncc_corrects_{position}"]))
+    stats.ncc_agreements = int(round(totals[f"ncc_agreements_{position}"]))
+  return stats
+
+
+def measure(model, train_dataset, test_dataset=None, num_classes=None,
+            strategy=None, max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
+            lambda_max_passes=0, probe=None):
+  """Measure the collapse metrics of every probe point of a classifier.
+
+  Example:
+
+  >>> results = measure(model, train_batches, test_batches)
+  >>> [point["within_fraction"] for point in results["train"]]
+
+  Args:
+    model: Keras functional classifier whose output is the logits; run in
+      inference mode (BatchNorm uses its moving statistics).
+    train_dataset: `tf.data.Dataset` of `(images, labels)` batches, integer
+      labels `(batch,)` or `(batch, 1)`.
+    test_dataset: Same for the test split. Defaults to None.
+    num_classes: Number of classes. Defaults to None: the output width.
+    strategy: `tf.distribute.Strategy`. Defaults to None: the current one.
+    max_covariance_dim: See `StreamingMeasurement`. Defaults to 4096.
+    lambda_max_passes: See `StreamingMeasurement`. Defaults to 0.
+    probe: `(probe_model, points)` from `inc_tf.probe.build_probe`, to reuse.
+      Defaults to None.
+
+  Returns:
+    `{"train": [...], "test": [...]}`, see `StreamingMeasurement.measure`.
+  """
+  measurement = StreamingMeasurement(
+      model, num_classes=num_classes, strategy=strategy,
+      max_covariance_dim=max_covariance_dim,
+      lambda_max_passes=lambda_max_passes, probe=probe)
+  return measurement.measure(train_dataset, test_dataset)

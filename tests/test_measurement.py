@@ -1,0 +1,252 @@
+"""Tests of inc_tf.measurement: streamed batches against in-memory arrays."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from inc_tf import measurement
+from inc_tf import metrics
+from inc_tf import probe as probe_lib
+
+NUM_CLASSES = 3
+
+
+def tiny_mlp(dtype="float32"):
+  inputs = keras.Input((6,), dtype=dtype)
+  x = keras.layers.Dense(16, activation="relu", name="dense_1",
+                         dtype=dtype)(inputs)
+  x = keras.layers.Dense(12, activation="tanh", name="dense_2",
+                         dtype=dtype)(x)
+  logits = keras.layers.Dense(NUM_CLASSES, name="classifier", dtype=dtype)(x)
+  return keras.Model(inputs, logits)
+
+
+def tiny_convnet():
+  inputs = keras.Input((6, 6, 2))
+  x = keras.layers.Conv2D(4, 3, padding="same", name="conv_1")(inputs)
+  x = keras.layers.BatchNormalization(name="bn_1")(x)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.Conv2D(5, 3, strides=2, name="conv_2")(x)
+  x = keras.layers.Flatten()(x)
+  logits = keras.layers.Dense(NUM_CLASSES, name="classifier")(x)
+  return keras.Model(inputs, logits)
+
+
+def make_data(shape, num_samples=230, offset=0.0, seed=0, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, NUM_CLASSES, size=num_samples)
+  images = rng.normal(size=(num_samples,) + shape)
+  flat = images.reshape(num_samples, int(np.prod(shape)))
+  flat[:, :NUM_CLASSES] += 2.0 * np.eye(NUM_CLASSES)[labels]
+  return (images + offset).astype(dtype), labels
+
+
+def batches(images, labels, batch_size=32):
+  return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+
+
+def array_metrics(model, images, labels, train_means=None,
+                  max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM):
+  """Return `layer_metrics` of every probe point from whole-array features."""
+  probe_model, points = probe_lib.build_probe(model)
+  outputs = probe_model(images, training=False)
+  predictions = np.argmax(np.asarray(outputs[-1]), axis=-1)
+  results = []
+  for position, point in enumerate(points):
+    means = None if train_means is None else train_means[position]
+    results.append(metrics.layer_metrics(
+        np.asarray(outputs[position]), labels, NUM_CLASSES,
+        kernel=np.asarray(point.layer.kernel),
+        predictions=predictions, train_means=means,
+        is_classifier=position == len(points) - 1,
+        max_covariance_dim=max_covariance_dim))
+  return results
+
+
+def class_means(model, images, labels):
+  probe_model, _ = probe_lib.build_probe(model)
+  outputs = probe_model(images, training=False)[:-1]
+  means = []
+  for feature in outputs:
+    flat = np.asarray(feature, dtype=np.float64).reshape(len(labels), -1)
+    means.append(np.stack(
+        [flat[labels == c].mean(axis=0) for c in range(NUM_CLASSES)]))
+  return means
+
+
+def assert_results_match(streamed, expected, rtol, skip=()):
+  for key, value in expected.items():
+    if key in skip:
+      continue
+    assert key in streamed, key
+    if isinstance(value, list) and value and isinstance(value[0], float):
+      np.testing.assert_allclose(streamed[key], value, rtol=rtol, err_msg=key)
+    elif isinstance(value, float):
+      np.testing.assert_allclose(streamed[key], value, rtol=rtol, atol=1e-12,
+                                 err_msg=key)
+    else:
+      assert streamed[key] == value, key
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_mlp_matches_arrays(offset):
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,), offset=offset)
+  test_images, test_labels = make_data((6,), num_samples=90, offset=offset,
+                                       seed=1)
+
+  results = measurement.measure(model, batches(images, labels),
+                                batches(test_images, test_labels))
+
+  expected = array_metrics(model, images, labels)
+  for streamed, reference in zip(results["train"], expected):
+    assert_results_match(streamed, reference, rtol=1e-4)
+  classifier_keys = {"self_duality", "am_alignment"}
+  assert set(metrics.METRIC_KEYS) - classifier_keys <= set(results["train"][0])
+  assert set(metrics.METRIC_KEYS) <= set(results["train"][-1])
+  train_means = class_means(model, images, labels)
+  expected_test = array_metrics(model, test_images, test_labels, train_means)
+  for streamed, reference in zip(results["test"], expected_test):
+    assert set(streamed) == {"layer", "index", *metrics.COUNT_KEYS,
+                             *metrics.TEST_SPLIT_KEYS}
+    assert_results_match(streamed, {
+        k: v for k, v in reference.items() if k in streamed}, rtol=1e-4)
+
+
+def test_names_and_indices():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+
+  results = measurement.measure(model, batches(images, labels))
+
+  assert [r["layer"] for r in results["train"]] == [
+      "dense_1", "dense_2", "classifier"]
+  assert [r["index"] for r in results["train"]] == [0, 1, 2]
+  assert results["test"] == []
+  json.dumps(results)
+
+
+def test_float64_model_matches_arrays():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp(dtype="float64")
+  images, labels = make_data((6,), offset=1e4, dtype=np.float64)
+
+  results = measurement.measure(model, batches(images, labels))
+
+  expected = array_metrics(model, images, labels)
+  for streamed, reference in zip(results["train"], expected):
+    assert_results_match(streamed, reference, rtol=1e-6)
+
+
+def test_conv_matches_arrays():
+  keras.utils.set_random_seed(1)
+  model = tiny_convnet()
+  images, labels = make_data((6, 6, 2), offset=100.0)
+
+  results = measurement.measure(model, batches(images, labels))
+
+  expected = array_metrics(model, images, labels)
+  assert [r["layer"] for r in results["train"]] == [
+      "conv_1", "conv_2", "classifier"]
+  for streamed, reference in zip(results["train"], expected):
+    assert_results_match(streamed, reference, rtol=1e-4)
+
+
+def test_wide_points_match_arrays():
+  keras.utils.set_random_seed(1)
+  model = tiny_convnet()
+  images, labels = make_data((6, 6, 2))
+
+  results = measurement.measure(model, batches(images, labels),
+                                max_covariance_dim=10)
+
+  # Features of 72, 144 and 20 dimensions all take the wide path. The arrays
+  # use the same Krylov estimate, but from float64 products.
+  expected = array_metrics(model, images, labels, max_covariance_dim=10)
+  for streamed, reference in zip(results["train"], expected):
+    assert_results_match(streamed, reference, rtol=1e-4,
+                         skip=("feature_stable_rank",))
+    assert streamed["feature_stable_rank"] == pytest.approx(
+        reference["feature_stable_rank"], rel=1e-3)
+
+
+def test_two_replicas_match_one():
+  images, labels = make_data((6,), num_samples=203, offset=50.0)
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = tiny_mlp()
+
+  two = measurement.measure(model, batches(images, labels),
+                            batches(images[:70], labels[:70]),
+                            strategy=strategy, max_covariance_dim=12)
+  one = measurement.measure(model, batches(images, labels),
+                            batches(images[:70], labels[:70]),
+                            max_covariance_dim=12)
+
+  assert strategy.num_replicas_in_sync == 2
+  for split in ("train", "test"):
+    for replicated, single in zip(two[split], one[split]):
+      assert_results_match(replicated, single, rtol=1e-4)
+
+
+def test_missing_test_class_uses_train_means():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+  test_images, test_labels = make_data((6,), num_samples=90, seed=1)
+  keep = test_labels != 1
+  test_images, test_labels = test_images[keep], test_labels[keep]
+
+  results = measurement.measure(model, batches(images, labels),
+                                batches(test_images, test_labels))
+
+  train_means = class_means(model, images, labels)
+  expected = array_metrics(model, test_images, test_labels, train_means)
+  for streamed, reference in zip(results["test"], expected):
+    assert streamed["missing_classes"] == [1]
+    assert streamed["ncc_accuracy"] == pytest.approx(reference["ncc_accuracy"])
+    assert streamed["trace_within"] == pytest.approx(
+        reference["trace_within"], rel=1e-4)
+
+
+def test_label_out_of_range_raises():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+  labels[5] = NUM_CLASSES
+
+  with pytest.raises(ValueError, match="outside"):
+    measurement.measure(model, batches(images, labels))
+
+
+def test_empty_training_split_raises():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,), num_samples=0)
+
+  with pytest.raises(ValueError, match="no samples"):
+    measurement.measure(model, batches(images, labels))
+
+
+def test_reused_measurement_follows_weights():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+  streaming = measurement.StreamingMeasurement(model)
+  before = streaming.measure(batches(images, labels))
+
+  layer = model.get_layer("dense_2")
+  layer.kernel.assign(2 * layer.kernel)
+  after = streaming.measure(batches(images, labels))
+
+  expected = array_metrics(model, images, labels)
+  assert after["train"][2]["trace_within"] == pytest.approx(
+      expected[2]["trace_within"], rel=1e-4)
+  assert after["train"][2]["trace_within"] != pytest.approx(
+      before["train"][2]["trace_within"], rel=1e-3)
