@@ -21,6 +21,7 @@ redrawn on a machine without TensorFlow.
 """
 
 import io
+import logging as std_logging
 import os
 
 import matplotlib
@@ -30,6 +31,10 @@ from matplotlib import ticker
 from absl import logging
 
 from inc_tf.rundir import Run, load_run  # pylint: disable=unused-import
+
+# fontTools logs every font subsetting step of a PDF save at INFO level, and
+# absl shows INFO by default.
+std_logging.getLogger("fontTools").setLevel(std_logging.WARNING)
 
 FAMILIES = ("nc1", "nc2", "nc3", "nc4", "ranks", "training", "nc1_cdnv")
 
@@ -585,7 +590,8 @@ def save_figures(figs, out_dir):
       finally:
         fig.set_layout_engine(engine)
       paths.extend([png_path, pdf_path])
-  logging.info("Wrote %d figures to %s", len(figs), out_dir)
+  logging.info("Wrote %d figure families as PNG and PDF to %s", len(figs),
+               out_dir)
   return paths
 
 
