@@ -131,8 +131,9 @@ def _epoch_handles(epochs, colors, baseline=False):
                                       linestyle="--",
                                       label=_epoch_label(epoch, True)))
     else:
+      marker = "." if len(epochs) <= MAX_LEGEND_EPOCHS else None
       handles.append(mpl_lines.Line2D([], [], color=colors[epoch],
-                                      marker=".", label="epoch %d" % epoch))
+                                      marker=marker, label="epoch %d" % epoch))
   return handles
 
 
@@ -181,9 +182,15 @@ def _plot_epochs(ax, run, key, epochs, colors, log=False, split="train",
     Whether any line was drawn.
   """
   drawn = False
+  # Markers only clutter many overlapping lines. The final epoch, whose
+  # onset the green line marks, is drawn thicker.
+  line_kwargs.setdefault("marker",
+                         "." if len(epochs) <= MAX_LEGEND_EPOCHS else None)
   for epoch in epochs:
     indices, values = run.series(key, epoch, split)
     kwargs = dict(line_kwargs, color=colors[epoch])
+    if epoch == epochs[-1] and len(epochs) > 1:
+      kwargs.setdefault("linewidth", 1.5)
     if baseline and epoch == 0:
       kwargs.update(color=_BASELINE_COLOR, linestyle="--")
     drawn |= _plot_series(ax, indices, values, log, **kwargs)
@@ -499,13 +506,13 @@ def _family_figure(family, runs):
   """
   num_panels, draw = _PANELS[family]
   with matplotlib.rc_context(_STYLE):
-    # The extra width holds the legends right of each column.
+    # The extra 1.3 in per column is room for the legends right of it.
     fig = mpl_figure.Figure(
         figsize=((PANEL_WIDTH + 1.3) * len(runs),
                  PANEL_HEIGHT * num_panels + 1.2),
         layout="constrained")
     # Shared y axes let the columns of a comparison be read against each
-    # other, as in the paper's figure of networks without collapse.
+    # other, as in Fig. 8 of Rangamani et al. (networks without collapse).
     axes = fig.subplots(num_panels, len(runs), squeeze=False, sharey="row")
     for column, run in enumerate(runs):
       draw(run, list(axes[:, column]))

@@ -52,7 +52,7 @@ def define_flags(flag_values=FLAGS):
 
 
 class RunDirectoryError(Exception):
-  """A run directory is missing or holds no measurement.
+  """A run directory is missing or contains no measurement record.
 
   `main` prints the message and exits with status 1, without a traceback,
   because the cause is a wrong path or an unfinished run, not a bug.

@@ -216,8 +216,8 @@ class Run:
 
     An epoch measured at every probe point but missing from onset.jsonl (a
     run interrupted between the two writes) gets its onset recomputed from
-    `within_fraction`. Where points are missing as well the onset is None;
-    `onset_known` tells this case apart from a run without collapse.
+    `within_fraction`. Where points are missing as well the onset is None,
+    and `onset_known` distinguishes this case from a run without collapse.
 
     Args:
       epoch: Measured epoch, or None for the final epoch of `split`.

@@ -3,8 +3,6 @@
 Both the training command and the `report` command print it at their end.
 """
 
-from inc_tf import rundir
-
 # (metric, split) per column, after the index and layer columns.
 COLUMNS = (
     ("within_fraction", "train"),
@@ -50,10 +48,10 @@ def _onset_line(run, epoch):
 def format_final_table(run):
   """Format the final epoch's headline numbers as a fixed-width text table.
 
-  One row per probe point with its index, layer and the metrics of
-  `COLUMNS` (training split unless the header names another split; "-"
-  where a metric is null or was not measured), then a line with the
-  collapse onset.
+  The table has one row per probe point with its index, layer and the
+  metrics of `COLUMNS`, then a line with the collapse onset. Values are from
+  the training split unless the header names another split. A "-" marks a
+  metric that is null or was not measured.
 
   Args:
     run: A `rundir.Run`.
@@ -91,7 +89,3 @@ def format_final_table(run):
   lines.append(_onset_line(run, epoch))
   return "\n".join(lines)
 
-
-def load_and_format(workdir):
-  """Read a run directory and return its final table. See `rundir.load_run`."""
-  return format_final_table(rundir.load_run(workdir))

@@ -28,10 +28,13 @@ def metric_record(epoch, split, index, final_fraction):
   total = 10.0 * (1 + index)
   within = within_fraction * total
   between = total - within
+
+  # Deep layers late in training get 9 (C - 1) equal top singular values.
   top = 9 if progress * depth > 0.5 else 3
   spectrum = [4.0] * top + [1.0 / (k + 1) for k in range(16 - top)]
   shift = 0.05 if split == "test" else 0.0
   last = index == len(LAYERS) - 1
+
   return {
       "epoch": epoch, "split": split, "layer": LAYERS[index], "index": index,
       "trace_within": within, "trace_between": between, "trace_total": total,
@@ -163,14 +166,14 @@ def test_load_run_skips_partial_line(tmp_path):
   metrics = write_run(workdir)
   # An interrupted run: the final epoch stops after two probe points, and
   # the third record was cut mid-write.
-  kept = [r for r in metrics if r["epoch"] < 10] + [
+  complete = [r for r in metrics if r["epoch"] < 10] + [
       r for r in metrics if r["epoch"] == 10 and r["split"] == "train"][:2]
   partial = json.dumps(metrics[-1])[:40]
-  write_lines(os.path.join(workdir, "metrics.jsonl"), kept, tail=partial)
+  write_lines(os.path.join(workdir, "metrics.jsonl"), complete, tail=partial)
 
   run = rundir.load_run(workdir)
 
-  assert len(run.records) == len(kept)
+  assert len(run.records) == len(complete)
   assert run.series("nc1", 10)[0] == [0, 1]
 
 
@@ -353,8 +356,8 @@ def test_title_names_run(figs):
 def test_interrupted_run_plots(tmp_path):
   workdir = str(tmp_path / "run")
   metrics = write_run(workdir)
-  kept = [r for r in metrics if r["epoch"] < 10 or r["index"] < 4]
-  write_lines(os.path.join(workdir, "metrics.jsonl"), kept,
+  measured = [r for r in metrics if r["epoch"] < 10 or r["index"] < 4]
+  write_lines(os.path.join(workdir, "metrics.jsonl"), measured,
               tail=json.dumps(metrics[-1])[:30])
   # The onset of the final epoch was never written.
   write_lines(os.path.join(workdir, "onset.jsonl"), [])
@@ -380,20 +383,22 @@ def test_compare_two_runs(tmp_path):
   write_run(first)
   write_run(second, final_fractions=NOT_COLLAPSING, history=False)
 
-  paths = plots.draw_compare([first, second], families=("nc2", "training"))
+  paths = plots.draw_compare([first, second], families=("nc3", "training"))
 
   compare_dir = os.path.join(first, "figures", "compare")
   assert sorted(paths) == sorted(
       os.path.join(compare_dir, name) for name in
-      ("nc2.png", "nc2.pdf", "training.png", "training.pdf"))
-  fig = plots.compare_figures([rundir.load_run(first),
-                               rundir.load_run(second)], families=("nc2",))
-  fig = fig["nc2"]
+      ("nc3.png", "nc3.pdf", "training.png", "training.pdf"))
+  runs = [rundir.load_run(first), rundir.load_run(second)]
+  figs = plots.compare_figures(runs, families=("nc3", "training"))
+  fig = figs["nc3"]
   top = [ax for ax in fig.axes if ax.get_title()]
   assert [ax.get_title().split("\n")[0] for ax in top] == [
       "collapse", "no_collapse"]
-  assert len(onset_lines(fig)) == 4
+  assert len(onset_lines(fig)) == 2
   assert len(notes(fig)) == 1
+  texts = [t.get_text() for ax in figs["training"].axes for t in ax.texts]
+  assert texts == ["no history.jsonl"]
 
 
 def test_tensorboard_images(figs, tmp_path):

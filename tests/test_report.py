@@ -126,10 +126,10 @@ def test_report_compare(tmp_path):
   write_run(first)
   write_run(second, final_fractions=NOT_COLLAPSING)
 
-  text = report.report(compare=[first, second], families=("nc2",))
+  text = report.report(compare=[first, second], families=("nc3",))
 
   compare_dir = os.path.join(first, "figures", "compare")
-  assert sorted(os.listdir(compare_dir)) == ["nc2.pdf", "nc2.png"]
+  assert sorted(os.listdir(compare_dir)) == ["nc3.pdf", "nc3.png"]
   assert text.count("Final epoch 10:") == 2
   assert "No collapse onset at epoch 10" in text
 
