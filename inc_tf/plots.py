@@ -30,7 +30,9 @@ from matplotlib import lines as mpl_lines
 from matplotlib import ticker
 from absl import logging
 
+# Re-exported so that callers drawing a run need only this module.
 from inc_tf.rundir import Run, load_run  # pylint: disable=unused-import
+from inc_tf.table import format_final_table  # pylint: disable=unused-import
 
 # fontTools logs every font subsetting step of a PDF save at INFO level, and
 # absl shows INFO by default.
@@ -78,8 +80,8 @@ MAX_LEGEND_EPOCHS = 6
 
 ONSET_COLOR = "tab:green"
 ONSET_GID = "collapse_onset"
-NO_ONSET_GID = "no_onset_note"
 EPSILON_GID = "epsilon"
+_NOTE_COLOR = "darkgreen"
 _TEST_COLOR = "0.35"
 _BASELINE_COLOR = "0.55"
 
@@ -214,7 +216,7 @@ class _MinorLogFormatter(ticker.LogFormatter):
 def _set_metric_axis(ax, label, log=False, drawn=True, ylim=None):
   """Label the y axis, set its scale and mark a panel with no data."""
   ax.set_ylabel(label)
-  if log and drawn:
+  if log:
     ax.set_yscale("log")
     ax.yaxis.set_minor_formatter(_MinorLogFormatter())
   if ylim is not None:
@@ -232,7 +234,8 @@ def _finish_probe_axes(run, axes):
 
   The bottom axes gets "index layer" tick labels when there are at most
   `MAX_NAMED_TICKS` probe points, integer indices otherwise. Every axes gets
-  the green onset line, or the first one a note when there is no onset.
+  the green onset line, or the first one a note in its left title when
+  there is no onset.
 
   Args:
     run: The `Run`.
@@ -278,11 +281,8 @@ def _finish_probe_axes(run, axes):
     else:
       note = "no collapse onset at epoch %d (epsilon = %g)" % (final_epoch,
                                                                epsilon)
-    text = axes[0].text(0.02, 0.95, note, transform=axes[0].transAxes,
-                        ha="left", va="top", fontsize=7,
-                        bbox=dict(facecolor="white", edgecolor=ONSET_COLOR,
-                                  boxstyle="round,pad=0.2"))
-    text.set_gid(NO_ONSET_GID)
+    # Above the panel, where it hides no data.
+    axes[0].set_title(note, loc="left", fontsize=7, color=_NOTE_COLOR)
 
 
 # One drawing function per family. Each draws one run into a column of axes,
@@ -511,18 +511,29 @@ def _family_figure(family, runs):
         figsize=((PANEL_WIDTH + 1.3) * len(runs),
                  PANEL_HEIGHT * num_panels + 1.2),
         layout="constrained")
+    if len(runs) == 1:
+      fig.suptitle("%s\n%s" % (runs[0].title(), CAPTIONS[family]))
+      columns = [fig]
+    else:
+      # One subfigure per run, so each column has its own title above the
+      # panels and the panel titles stay free for the onset notes.
+      fig.suptitle(CAPTIONS[family])
+      columns = list(fig.subfigures(1, len(runs), squeeze=False)[0])
+      names = [run.name for run in runs]
+      if len(set(names)) < len(names):
+        names = [run.workdir for run in runs]
+      for column, run, name in zip(columns, runs, names):
+        column.suptitle("%s\n%s" % (name, run.title()))
+    axes = [list(c.subplots(num_panels, 1, squeeze=False)[:, 0])
+            for c in columns]
+
     # Shared y axes let the columns of a comparison be read against each
     # other, as in Fig. 8 of Rangamani et al. (networks without collapse).
-    axes = fig.subplots(num_panels, len(runs), squeeze=False, sharey="row")
-    for column, run in enumerate(runs):
-      draw(run, list(axes[:, column]))
-    if len(runs) == 1:
-      fig.suptitle(runs[0].title())
-      axes[0, 0].set_title(CAPTIONS[family])
-    else:
-      fig.suptitle(CAPTIONS[family])
-      for column, run in enumerate(runs):
-        axes[0, column].set_title("%s\n%s" % (run.name, run.title()))
+    for column_axes in axes[1:]:
+      for ax, first in zip(column_axes, axes[0]):
+        ax.sharey(first)
+    for column_axes, run in zip(axes, runs):
+      draw(run, column_axes)
   return fig
 
 
@@ -635,6 +646,29 @@ def draw_compare(workdirs, out_dir=None, families=FAMILIES):
   runs = [load_run(w) for w in workdirs]
   out_dir = out_dir or os.path.join(workdirs[0], "figures", "compare")
   return save_figures(compare_figures(runs, families), out_dir)
+
+
+def finish_run(workdir, tensorboard=True):
+  """Draw every figure of a finished run, also into its TensorBoard log.
+
+  The training command calls this when a run ends. The images go to
+  `<workdir>/tensorboard` at the final measured epoch as step.
+
+  Args:
+    workdir: Run directory.
+    tensorboard: Whether to write the TensorBoard images, which imports
+      TensorFlow.
+
+  Returns:
+    The PNG and PDF paths written under `<workdir>/figures`.
+  """
+  run = load_run(workdir)
+  figs = figures(run)
+  paths = save_figures(figs, os.path.join(workdir, "figures"))
+  if tensorboard:
+    step = run.final_epoch("train") or 0
+    write_tensorboard_images(figs, os.path.join(workdir, "tensorboard"), step)
+  return paths
 
 
 def render_png(fig, dpi=TENSORBOARD_DPI):

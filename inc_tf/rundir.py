@@ -6,12 +6,13 @@ which the figures, the final table and the `report` command share.
 """
 
 import dataclasses
-import json
 import math
 import os
 from typing import Dict, List, Optional, Tuple
 
 from absl import logging
+
+from inc_tf import records as records_lib
 
 METRICS_FILE = "metrics.jsonl"
 ONSET_FILE = "onset.jsonl"
@@ -24,11 +25,11 @@ DEFAULT_EPSILON = 0.2
 _PRODUCER = "python -m inc_tf.main --workdir=DIR"
 
 
-def _read_jsonl(path, required_keys):
-  """Read one JSON object per line, skipping lines that cannot be used.
+def _read_records(path, required_keys):
+  """Read a JSON-lines file, keeping the objects that have `required_keys`.
 
-  An interrupted write leaves a partial last line, so an undecodable line is
-  skipped with a warning instead of failing the whole run.
+  `records_lib.read_jsonl` skips a partial last line (an interrupted write) with
+  a warning and raises ValueError for an invalid line elsewhere.
 
   Args:
     path: File to read.
@@ -38,33 +39,15 @@ def _read_jsonl(path, required_keys):
   Returns:
     The records in file order, as a list of dicts.
   """
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
-  last_line = max((i for i, line in enumerate(lines) if line.strip()),
-                  default=-1)
-
-  records = []
-  for line_number, line in enumerate(lines):
-    if not line.strip():
+  kept = []
+  for number, record in enumerate(records_lib.read_jsonl(path), start=1):
+    missing = [k for k in required_keys if k not in record]
+    if missing:
+      logging.warning("Skipped record %d of %s because it has no %s: %.200r",
+                      number, path, missing, record)
       continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      if line_number == last_line:
-        logging.warning("Skipped the partial last line %d of %s (an "
-                        "interrupted write): %s", line_number + 1, path, e)
-      else:
-        logging.warning("Skipped invalid JSON on line %d of %s: %s",
-                        line_number + 1, path, e)
-      continue
-    if not isinstance(record, dict) or not all(
-        k in record for k in required_keys):
-      logging.warning("Skipped line %d of %s: expected an object with keys "
-                      "%s, got %.200r", line_number + 1, path,
-                      list(required_keys), record)
-      continue
-    records.append(record)
-  return records
+    kept.append(record)
+  return kept
 
 
 def _read_flags(path):
@@ -289,7 +272,8 @@ def load_run(workdir):
   Raises:
     FileNotFoundError: `workdir`, its metrics.jsonl or its onset.jsonl does
       not exist.
-    ValueError: metrics.jsonl has no usable record.
+    ValueError: metrics.jsonl has no usable record, or a line before the
+      last of a JSON-lines file is invalid.
   """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(
@@ -303,7 +287,7 @@ def load_run(workdir):
           "%s not found. It is written by the training command (`%s`) after "
           "the first measured epoch." % (path, _PRODUCER))
 
-  metrics = _read_jsonl(metrics_path, ("epoch", "split", "index"))
+  metrics = _read_records(metrics_path, ("epoch", "split", "index"))
   if not metrics:
     raise ValueError(
         "%s has no measurement record. The run stopped before its first "
@@ -311,7 +295,7 @@ def load_run(workdir):
   records = _keep_last(
       metrics, lambda r: (str(r["split"]), int(r["epoch"]), int(r["index"])))
 
-  onset_records = _read_jsonl(onset_path, ("epoch", "split", "onset"))
+  onset_records = _read_records(onset_path, ("epoch", "split", "onset"))
   onsets = {}
   for key, record in _keep_last(
       onset_records, lambda r: (str(r["split"]), int(r["epoch"]))).items():
@@ -322,7 +306,7 @@ def load_run(workdir):
   history = None
   history_path = os.path.join(workdir, HISTORY_FILE)
   if os.path.isfile(history_path):
-    by_epoch = _keep_last(_read_jsonl(history_path, ("epoch",)),
+    by_epoch = _keep_last(_read_records(history_path, ("epoch",)),
                           lambda r: int(r["epoch"]))
     history = [by_epoch[e] for e in sorted(by_epoch)]
 

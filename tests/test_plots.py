@@ -110,8 +110,8 @@ def onset_lines(fig):
 
 
 def notes(fig):
-  return [text.get_text() for ax in fig.axes for text in ax.texts
-          if text.get_gid() == plots.NO_ONSET_GID]
+  return [ax.get_title(loc="left") for ax in fig.axes
+          if ax.get_title(loc="left")]
 
 
 @pytest.fixture(name="run_dir")
@@ -175,6 +175,18 @@ def test_load_run_skips_partial_line(tmp_path):
 
   assert len(run.records) == len(complete)
   assert run.series("nc1", 10)[0] == [0, 1]
+
+
+def test_load_run_invalid_middle_line(run_dir):
+  path = os.path.join(run_dir, "history.jsonl")
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  lines[3] = lines[3][:10]
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+  with pytest.raises(ValueError, match="Line 4 of .*history.jsonl"):
+    rundir.load_run(run_dir)
 
 
 def test_onset_recomputed_when_missing(tmp_path):
@@ -350,7 +362,8 @@ def test_layer_names_as_ticks(figs):
 
 
 def test_title_names_run(figs):
-  assert figs["nc1"].get_suptitle() == "fashion_mnist / mlp 5x64 / 10 epochs"
+  assert figs["nc1"].get_suptitle() == (
+      "fashion_mnist / mlp 5x64 / 10 epochs\nNC1: within-class variability")
 
 
 def test_interrupted_run_plots(tmp_path):
@@ -392,13 +405,39 @@ def test_compare_two_runs(tmp_path):
   runs = [rundir.load_run(first), rundir.load_run(second)]
   figs = plots.compare_figures(runs, families=("nc3", "training"))
   fig = figs["nc3"]
-  top = [ax for ax in fig.axes if ax.get_title()]
-  assert [ax.get_title().split("\n")[0] for ax in top] == [
-      "collapse", "no_collapse"]
+  assert [column.get_suptitle() for column in fig.subfigs] == [
+      "collapse\nfashion_mnist / mlp 5x64 / 10 epochs",
+      "no_collapse\nfashion_mnist / mlp 5x64 / 10 epochs"]
   assert len(onset_lines(fig)) == 2
   assert len(notes(fig)) == 1
+  first_column, second_column = (c.axes for c in fig.subfigs)
+  assert first_column[0].get_shared_y_axes().joined(first_column[0],
+                                                    second_column[0])
   texts = [t.get_text() for ax in figs["training"].axes for t in ax.texts]
   assert texts == ["no history.jsonl"]
+
+
+def test_finish_run_writes_images(tmp_path, monkeypatch):
+  tf = pytest.importorskip("tensorflow")
+  workdir = str(tmp_path / "run")
+  write_run(workdir)
+  draw_figures = plots.figures
+  # One family keeps the test fast; figures() is tested on its own.
+  monkeypatch.setattr(plots, "figures",
+                      lambda run: draw_figures(run, families=("nc4",)))
+
+  paths = plots.finish_run(workdir)
+
+  assert paths == [os.path.join(workdir, "figures", "nc4.png"),
+                   os.path.join(workdir, "figures", "nc4.pdf")]
+  logdir = os.path.join(workdir, "tensorboard")
+  steps = {}
+  for name in os.listdir(logdir):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(logdir, name)):
+      for value in event.summary.value:
+        steps[value.tag] = event.step
+  assert steps == {"figures/nc4": 10}
 
 
 def test_tensorboard_images(figs, tmp_path):
