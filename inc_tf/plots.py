@@ -599,8 +599,8 @@ def save_figures(figs, out_dir):
       png_path = os.path.join(out_dir, family + ".png")
       pdf_path = os.path.join(out_dir, family + ".pdf")
       fig.savefig(png_path, dpi=SAVE_DPI)
-      # The layout is in figure coordinates, so the PDF can reuse the one
-      # the PNG computed; running constrained layout again doubles the time.
+      # The layout is in figure coordinates, so the PDF reuses the one the
+      # PNG computed instead of running the slow constrained layout again.
       engine = fig.get_layout_engine()
       fig.set_layout_engine("none")
       try:

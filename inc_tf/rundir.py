@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from absl import logging
 
+from inc_tf import metrics as metrics_lib
 from inc_tf import records as records_lib
 
 METRICS_FILE = "metrics.jsonl"
@@ -70,26 +71,6 @@ def _read_flags(path):
       else:
         values[name] = "true"
   return values
-
-
-def _onset_from_fractions(fractions, epsilon):
-  """Return the collapse onset from within-class fractions by probe index.
-
-  The onset is the smallest index from which `within_fraction < epsilon` at
-  that point and every later measured point, or None when the last point is
-  not below epsilon.
-
-  Args:
-    fractions: Dict from probe index to `within_fraction`.
-    epsilon: Threshold.
-  """
-  onset = None
-  for index in sorted(fractions, reverse=True):
-    value = fractions[index]
-    if value is None or not value < epsilon:
-      break
-    onset = index
-  return onset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +198,11 @@ class Run:
     epsilon = self.epsilon()
     if not self.complete(epoch, split):
       return None, epsilon
-    indices, fractions = self.series("within_fraction", epoch, split)
-    return _onset_from_fractions(dict(zip(indices, fractions)), epsilon), epsilon
+    indices = self.indices()
+    position = metrics_lib.collapse_onset(
+        [self.record(i, epoch, split).get("within_fraction")
+         for i in indices], epsilon)
+    return (None if position is None else indices[position]), epsilon
 
   def title(self):
     """Return "dataset / architecture / N epochs" for figure titles.
