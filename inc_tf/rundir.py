@@ -243,9 +243,10 @@ def _keep_last(records, key_fn):
 def load_run(workdir):
   """Read a run directory's measurement files into a `Run`.
 
-  Partial or invalid lines are skipped with a warning, and where the same
-  `(epoch, split, index)` (or epoch, for history) appears more than once the
-  last record wins, as after a resumed run.
+  A partial last line (an interrupted write) and records without their key
+  fields are skipped with a warning. Where the same `(epoch, split, index)`
+  (or epoch, for history) appears more than once the last record wins, as
+  after a resumed run.
 
   Args:
     workdir: Run directory written by the training command.
