@@ -486,6 +486,10 @@ def run_sweep(base_config, sweep_members, strategy=None, flags_text_for=None):
 def finish_best(rows):
   """Draw the best member's figures and return its final measurement table.
 
+  Does what the single-run command does at its end: `plots.finish_run`
+  writes the figures to `<best workdir>/figures` and into its TensorBoard
+  log.
+
   Args:
     rows: Summary rows after `mark_best`.
 
@@ -493,15 +497,19 @@ def finish_best(rows):
     The table text, or None when there is no best member or its measurement
     files cannot be read (logged as a warning).
   """
-  from inc_tf import plots  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from inc_tf import plots
+  from inc_tf import rundir
+  from inc_tf import table as table_lib
+  # pylint: enable=g-import-not-at-top
 
   best = [row for row in rows if row["best"]]
   if not best:
     return None
   workdir = best[0]["workdir"]
   try:
-    paths = plots.draw_all(workdir)
-    table = plots.format_final_table(plots.load_run(workdir))
+    paths = plots.finish_run(workdir)
+    table = table_lib.format_final_table(rundir.load_run(workdir))
   except (FileNotFoundError, ValueError) as e:
     logging.warning("Could not draw the figures of the best member in %s: %s",
                     workdir, e)
