@@ -262,7 +262,12 @@ def format_table(summaries, onset=None):
                      zip(row[:-1], widths)) + ("  " + row[-1] if row[-1]
                                                else "")
            for row in [header] + rows]
-  if onset is None:
+  unconstrained = [s for s in summaries
+                   if s["etf_layers"] == 0 and not s["diverged"]]
+  if onset is None and unconstrained:
+    lines.append("Unconstrained collapse onset: none, because the etf_0 run "
+                 "has no collapsed probe point at its final epoch.")
+  elif onset is None:
     lines.append("Unconstrained collapse onset: unknown (no etf_0 run and no "
                  "--unconstrained_onset).")
   else:

@@ -182,9 +182,21 @@ def test_fixed_kernels_survive_checkpoint(tmp_path):
 
 
 def test_fixed_kernels_under_mirrored_strategy():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  # Unsynchronised BN and ReductionToOneDevice keep this test free of
+  # collective ops: TF 2.21 numbers the collectives of every MirroredStrategy
+  # from the same keys, so collectives of other shapes in a later test of the
+  # same process would fail with "Shape mismatch in the collective instance".
+  strategy = tf.distribute.MirroredStrategy(
+      ["/cpu:0", "/cpu:1"],
+      cross_device_ops=tf.distribute.ReductionToOneDevice())
   with strategy.scope():
-    model = _mlp(depth=2, width=8)
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input(_INPUT_SHAPE)
+    x = tf.keras.layers.Dense(8, use_bias=False, name="dense_1")(inputs)
+    x = tf.keras.layers.BatchNormalization(name="bn_1")(x)
+    x = tf.keras.layers.Dense(8, use_bias=False, name="dense_2")(x)
+    outputs = tf.keras.layers.Dense(_NUM_CLASSES, name="classifier")(x)
+    model = tf.keras.Model(inputs, outputs)
     optimizer = tf.keras.optimizers.SGD(learning_rate=0.1)
   _fix(model, 2)
   before = _kernels(model)
@@ -231,3 +243,96 @@ def test_callback_rejects_too_many_layers():
   model = _mlp(depth=2, width=8)
   with pytest.raises(ValueError, match="has only 3"):
     _fix(model, 4)
+
+
+# End to end through inc_tf.train.run on tiny IDX files.
+
+
+def write_idx_dataset(folder, num_train=200, num_test=100, seed=0):
+  """Write a separable 10-class, 28 x 28 dataset as the four IDX files.
+
+  Each class brightens its own image row, so a small MLP learns it in a few
+  epochs.
+  """
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for prefix, count in (("train", num_train), ("t10k", num_test)):
+    labels = np.arange(count) % 10
+    images = rng.integers(0, 80, size=(count, 28, 28))
+    images[np.arange(count), 2 * labels + 4, :] += 150
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+      header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+          int(size).to_bytes(4, "big") for size in array.shape)
+      (folder / f"{prefix}-{kind}-ubyte").write_bytes(
+          header + array.astype(np.uint8).tobytes())
+  return str(folder)
+
+
+class KernelRecorder(tf.keras.callbacks.Callback):
+  """Copy every weight-layer kernel at the first epoch begin and at train end."""
+
+  def __init__(self):
+    super().__init__()
+    self.at_first_epoch = None
+    self.at_end = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if self.at_first_epoch is None:
+      self.at_first_epoch = _kernels(self.model)
+
+  def on_train_end(self, logs=None):
+    self.at_end = _kernels(self.model)
+
+
+class StopAfterEpoch(tf.keras.callbacks.Callback):
+  """Raise in `on_epoch_begin` of a given 0-based epoch, like a killed job."""
+
+  def __init__(self, epoch):
+    super().__init__()
+    self.epoch = epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == self.epoch:
+      raise KeyboardInterrupt(f"stopped before epoch {epoch + 1}")
+
+
+def _one_device():
+  # One replica: no collective ops, which would collide with those of other
+  # tests' MirroredStrategy objects (see the mirrored-strategy test above).
+  return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def _tiny_config(tmp_path, **overrides):
+  from inc_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  settings = dict(
+      dataset="mnist", data_dir=write_idx_dataset(tmp_path / "data"),
+      model="mlp", depth=3, width=16, epochs=2, batch_size=50, lr=0.05,
+      weight_decay=5e-4, measure_epochs=(), checkpoint_every=1,
+      eval_batch_size=100, workdir=str(tmp_path / "run"), etf_layers=2,
+      jit_compile="false")
+  settings.update(overrides)
+  return config_lib.RunConfig(**settings)
+
+
+def test_resumed_run_keeps_etf_kernels(tmp_path):
+  from inc_tf import train  # pylint: disable=g-import-not-at-top
+  # A strong decay would visibly shrink any kernel that it reached.
+  config = _tiny_config(tmp_path, epochs=3, weight_decay=0.05)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(config, strategy=_one_device(),
+              extra_callbacks=[StopAfterEpoch(1)])
+
+  recorder = KernelRecorder()
+  result = train.run(config, strategy=_one_device(),
+                     extra_callbacks=[recorder])
+
+  expected = etf.simplex_etf(16).astype("float32")
+  assert result.epochs_completed == 3
+  assert np.array_equal(recorder.at_first_epoch["dense_3"], expected)
+  assert np.array_equal(recorder.at_end["dense_3"], expected)
+  assert np.array_equal(recorder.at_end["classifier"],
+                        etf.classifier_etf(16, 10).astype("float32"))
+  assert not np.array_equal(recorder.at_end["dense_1"],
+                            recorder.at_first_epoch["dense_1"])
+  assert not np.array_equal(recorder.at_end["dense_2"],
+                            recorder.at_first_epoch["dense_2"])

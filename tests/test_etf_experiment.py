@@ -1,6 +1,8 @@
 """Tests for inc_tf.etf_experiment: counts, summaries, table, figure, command."""
 
+import contextlib
 import dataclasses
+import io
 import json
 
 import numpy as np
@@ -113,6 +115,11 @@ def test_format_table_without_onset():
   assert "onset: unknown" in text
 
 
+def test_format_table_no_collapse():
+  text = etf_experiment.format_table(_sweep(), onset=None)
+  assert "onset: none, because the etf_0 run" in text
+
+
 def test_figure_lines_and_onset():
   figure = etf_experiment.draw_figure(_sweep(), onset=3)
   ax = figure.axes[0]
@@ -159,3 +166,93 @@ def test_write_summary_replaces(tmp_path):
   etf_experiment.write_summary(str(tmp_path), _sweep()[:2])
   lines = (tmp_path / etf_experiment.SUMMARY_JSONL).read_text().splitlines()
   assert len(lines) == 2
+
+
+# The command end to end on tiny IDX files.
+
+
+def _use_one_device(monkeypatch):
+  """Make `train.run`'s default strategy a single-CPU one.
+
+  TF 2.21 numbers the collective ops of every MirroredStrategy from the same
+  keys, so a two-replica run here could fail with "Shape mismatch in the
+  collective instance" after another test's run of a different model.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from inc_tf import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train.tf.distribute, "MirroredStrategy",
+                      lambda: tf.distribute.OneDeviceStrategy("/cpu:0"))
+
+
+def _run_command(workdir, data_dir):
+  """Run the command's `main` with tiny settings; return its exit code and stdout."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+
+  argv = ["etf_experiment", "--dataset=mnist", f"--data_dir={data_dir}",
+          "--model=mlp", "--depth=3", "--width=16", "--epochs=1",
+          "--batch_size=50", "--lr=0.05", "--eval_batch_size=100",
+          "--measure_epochs=", "--jit_compile=false",
+          f"--workdir={workdir}", "--etf_layer_counts=2,0"]
+  output = io.StringIO()
+  with flagsaver.flagsaver(), pytest.MonkeyPatch.context() as monkeypatch:
+    _use_one_device(monkeypatch)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    with contextlib.redirect_stdout(output):
+      exit_code = etf_experiment.main(["etf_experiment"])
+  return exit_code, output.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+  """Run the command once on tiny IDX files; return (workdir, exit code, stdout)."""
+  from tests import test_etf  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("etf_command")
+  data_dir = test_etf.write_idx_dataset(root / "data")
+  workdir = root / "sweep"
+  exit_code, output = _run_command(workdir, data_dir)
+  return workdir, data_dir, exit_code, output
+
+
+def _read_summary(workdir):
+  with open(workdir / etf_experiment.SUMMARY_JSONL, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_command_writes_summary(sweep):
+  workdir, _, exit_code, output = sweep
+  records = _read_summary(workdir)
+
+  assert exit_code == 0
+  assert [r["etf_layers"] for r in records] == [0, 2]
+  assert [r["layers_trained"] for r in records] == [4, 2]
+  for record in records:
+    assert 0.0 <= record["final_train_accuracy"] <= 1.0
+    assert 0.0 <= record["final_test_accuracy"] <= 1.0
+    assert record["diverged"] is False
+  assert "unconstrained" in output
+  assert (workdir / etf_experiment.SUMMARY_TABLE).read_text() in output
+  assert (workdir / "etf_accuracy.png").exists()
+
+
+def test_command_writes_run_flags(sweep):
+  workdir = sweep[0]
+  flags_txt = (workdir / "etf_2" / "flags.txt").read_text().splitlines()
+  assert "--etf_layers=2" in flags_txt
+  assert f"--workdir={workdir / 'etf_2'}" in flags_txt
+  assert (workdir / "etf_2" / "history.jsonl").exists()
+
+
+def test_command_rerun_skips_finished(sweep):
+  workdir, data_dir, _, _ = sweep
+  history = workdir / "etf_2" / "history.jsonl"
+  history_before = history.read_text()
+  summary_before = _read_summary(workdir)
+
+  exit_code, _ = _run_command(workdir, data_dir)
+
+  assert exit_code == 0
+  assert history.read_text() == history_before
+  assert _read_summary(workdir) == summary_before
