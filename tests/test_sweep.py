@@ -106,6 +106,12 @@ def test_rates_log_uniform():
   assert all(isinstance(rate, float) for rate in rates)
 
 
+def test_default_grid_contains_paper_rates():
+  rates = sweep.learning_rates(1e-4, 0.25, 25)
+  for published in (0.005, 0.0096, 0.0184, 0.094):
+    assert min(abs(rate / published - 1) for rate in rates) < 5e-3
+
+
 def test_rates_single():
   assert sweep.learning_rates(0.01, 0.1, 1) == [pytest.approx(0.01)]
 
