@@ -31,6 +31,10 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
+# Steps between two checks of the loss for NaN or inf within an epoch.
+CHECK_EVERY = 50
+
+
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
 
@@ -186,28 +190,37 @@ class Trainer:
 
     Returns:
       `(mean_loss, accuracy, first_nonfinite_step)`, the last being the
-      0-based step of the first non-finite loss in the epoch, or None.
+      0-based step of the first non-finite loss in the epoch, or None. The
+      epoch stops within `CHECK_EVERY` steps of a non-finite loss.
     """
     self.reset_counters()
-    first_bad = None
+    step_losses = []
     for step, batch in enumerate(
         self.strategy.experimental_distribute_dataset(dataset)):
-      per_replica_loss = self._train_step(batch)
-      if progress is not None or step % 50 == 0:
-        loss = float(self.strategy.reduce(
-            tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None))
-        if not np.isfinite(loss) and first_bad is None:
-          first_bad = step
-        if first_bad is not None:
+      step_losses.append(self._train_step(batch))
+      # Reading a loss waits for its step, so it is read only every
+      # CHECK_EVERY steps (or every step when a progress bar shows it).
+      if progress is not None or step % CHECK_EVERY == CHECK_EVERY - 1:
+        loss = self._step_loss(step_losses[-1])
+        if not np.isfinite(loss):
           break
         if progress is not None:
           progress.update(step + 1, values=[("loss", loss)])
+
+    first_bad = None
+    for step, per_replica_loss in enumerate(step_losses):
+      if not np.isfinite(self._step_loss(per_replica_loss)):
+        first_bad = step
+        break
     count = float(self.count.read_value())
     mean_loss = float(self.loss_sum.read_value()) / max(count, 1.0)
-    if first_bad is None and not np.isfinite(mean_loss):
-      # The loss became non-finite between two checked steps.
-      first_bad = -1
-    return mean_loss, float(self.correct.read_value()) / max(count, 1.0), first_bad
+    accuracy = float(self.correct.read_value()) / max(count, 1.0)
+    return mean_loss, accuracy, first_bad
+
+  def _step_loss(self, per_replica_loss):
+    """Return the global mean loss of one step from its per-replica parts."""
+    return float(sum(np.asarray(t) for t in
+                     self.strategy.experimental_local_results(per_replica_loss)))
 
   def evaluate(self, dataset):
     """Return the accuracy of the model in inference mode over a dataset."""
@@ -403,10 +416,9 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
     loss, train_accuracy, bad_step = trainer.train_epoch(
         pipeline.epoch(epoch), progress)
     if bad_step is not None:
-      where = (f"step {bad_step + 1} of {pipeline.steps_per_epoch}"
-               if bad_step >= 0 else "a step")
       raise NonFiniteLossError(
-          f"The training loss became non-finite at epoch {epoch}, {where} "
+          f"The training loss became non-finite at epoch {epoch}, step "
+          f"{bad_step + 1} of {pipeline.steps_per_epoch} "
           f"(learning rate {learning_rate:g}). Lower --lr or --weight_decay; "
           f"files in {workdir} up to the last checkpoint are intact.")
     test_accuracy = trainer.evaluate(test_batches)
