@@ -431,12 +431,31 @@ class StreamingMeasurement:
       return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
                              axis=None)
 
+    def zero_totals(constants):
+      """Return zeros with the keys and shapes that `step` returns."""
+      shapes = {"num_seen": (), "counts": (num_classes,)}
+      for position, layout in enumerate(layouts):
+        shapes[f"sums_{position}"] = (num_classes, layout.dim)
+        if with_squares:
+          shapes[f"squares_{position}"] = (num_classes,)
+        if with_scatter[position]:
+          shapes[f"scatter_{position}"] = (layout.dim, layout.dim)
+        if constants["right"][position] is not None:
+          shapes[f"right_{position}"] = tuple(
+              constants["right"][position].shape)
+        if constants["basis"][position] is not None:
+          width = constants["basis"][position].shape[1]
+          shapes[f"projection_{position}"] = (width, width)
+        if with_ncc:
+          shapes[f"ncc_corrects_{position}"] = ()
+          shapes[f"ncc_agreements_{position}"] = ()
+      return {key: tf.zeros(shape, tf.float64)
+              for key, shape in shapes.items()}
+
     @tf.function
     def run(distributed, constants):
-      # The first batch fixes the structure and shapes of the loop variables.
-      iterator = iter(distributed)
-      totals = reduced_step(next(iterator), constants)
-      for batch in iterator:
+      totals = zero_totals(constants)
+      for batch in distributed:
         totals = tf.nest.map_structure(
             tf.add, totals, reduced_step(batch, constants))
       return totals

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 
 METRIC_KEYS = (
     "trace_within",
@@ -383,8 +384,9 @@ def weight_matrix(kernel):
   return np.transpose(kernel, (3, 0, 1, 2)).reshape(kernel.shape[3], -1)
 
 
-def _weight_metrics(kernel, num_classes):
-  singular_values = scipy.linalg.svdvals(weight_matrix(kernel))
+def _weight_metrics(kernel, num_classes, singular_values=None):
+  if singular_values is None:
+    singular_values = scipy.linalg.svdvals(weight_matrix(kernel))
   top = singular_values[:max(min(num_classes - 1, len(singular_values)), 1)]
   total = np.sum(singular_values)
   if total == 0:
@@ -402,12 +404,11 @@ def _weight_metrics(kernel, num_classes):
 
 
 def _left_singular_vectors(matrix, count):
-  left, _, _ = scipy.linalg.svd(
-      matrix, full_matrices=False, lapack_driver="gesvd")
+  left, _, _ = scipy.linalg.svd(matrix, full_matrices=False)
   return left[:, :count]
 
 
-def _alignment(stats, kernel):
+def _alignment(stats, kernel, kernel_left=None):
   """Return the NC3 alignment of the class means with the weight.
 
   Dense: the top `k` left singular vectors of `M` (`p_in x C`) against the
@@ -415,6 +416,10 @@ def _alignment(stats, kernel):
   Conv2D: `M` as `C_in x (C*H*W)` and the kernel as `C_in x (kh*kw*C_out)`,
   both by their left singular vectors, `k = min(C-1, C_in, kh*kw*C_out,
   C*H*W)`.
+
+  `kernel_left`, when given, are the left singular vectors of a Dense kernel
+  (the right singular vectors of `W`), so that one SVD serves both this and
+  the weight spectrum.
   """
   centred = centred_means(stats.means, stats.counts)
   num_present = centred.shape[0]
@@ -433,7 +438,10 @@ def _alignment(stats, kernel):
 
   k = min(num_present - 1, *means_matrix.shape, *weight_matrix_in.shape)
   means_vectors = _left_singular_vectors(means_matrix, k)
-  weight_vectors = _left_singular_vectors(weight_matrix_in, k)
+  if kernel_left is not None:
+    weight_vectors = kernel_left[:, :k]
+  else:
+    weight_vectors = _left_singular_vectors(weight_matrix_in, k)
   cosines = np.clip(
       scipy.linalg.svdvals(weight_vectors.T @ means_vectors), 0.0, 1.0)
   return {"alignment": float(np.mean(cosines))}
@@ -457,12 +465,25 @@ def _classifier_metrics(stats, kernel):
           "am_alignment": float(am_alignment)}
 
 
+def _largest_eigenvalue(matrix):
+  """Return the largest eigenvalue of a symmetric PSD matrix, to machine precision.
+
+  Small matrices use LAPACK; larger ones use Lanczos (ARPACK) with tolerance
+  0 (machine precision), which avoids the O(p^3) tridiagonalisation.
+  """
+  dim = matrix.shape[0]
+  if dim <= 256 or not np.any(matrix):
+    return float(scipy.linalg.eigh(
+        matrix, eigvals_only=True, subset_by_index=[dim - 1, dim - 1])[0])
+  value = scipy.sparse.linalg.eigsh(
+      matrix, k=1, which="LA", tol=0, v0=np.ones(dim),
+      return_eigenvectors=False)[0]
+  return float(value)
+
+
 def _feature_stable_rank(stats, trace_within):
   if stats.scatter is not None:
-    p = stats.scatter.shape[0]
-    lambda_max = scipy.linalg.eigh(
-        stats.scatter, eigvals_only=True, subset_by_index=[p - 1, p - 1])[0]
-    lambda_max /= stats.num_samples
+    lambda_max = _largest_eigenvalue(stats.scatter) / stats.num_samples
   elif stats.lambda_max is not None:
     lambda_max = stats.lambda_max
   else:
@@ -522,8 +543,14 @@ def finalize(stats, num_classes, kernel=None, is_classifier=None):
   results.update(_nc1(stats))
   results.update(_mean_geometry_metrics(stats))
   if kernel is not None:
-    results.update(_alignment(stats, kernel))
-    results.update(_weight_metrics(kernel, num_classes))
+    kernel = np.asarray(kernel, dtype=np.float64)
+    kernel_left = singular_values = None
+    if kernel.ndim == 2:
+      # The SVD of a 1024 x 1024 kernel costs about a second; do it once.
+      kernel_left, singular_values, _ = scipy.linalg.svd(
+          kernel, full_matrices=False)
+    results.update(_alignment(stats, kernel, kernel_left))
+    results.update(_weight_metrics(kernel, num_classes, singular_values))
     if is_classifier:
       results.update(_classifier_metrics(stats, kernel))
   results.update(_ncc_metrics(stats))
