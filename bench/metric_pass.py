@@ -1,0 +1,186 @@
+"""Benchmark one full collapse measurement against one plain inference pass.
+
+For each model, times `inc_tf.measurement.StreamingMeasurement.measure` over
+the training and test batches (every probe point, every metric, both splits)
+and a plain inference pass over the same batches: a `tf.function` that runs
+the model forward (`training=False`) on every batch and keeps only a cheap
+reduction of the logits, as `model.predict` would without collecting them.
+Both are timed after one warm-up call, so tracing is excluded; the first
+(cold) measurement time is printed too. Models are freshly initialised: the
+cost of the metrics does not depend on the weights.
+
+Models:
+
+- mlp: the paper's MLP, 10 hidden layers of width 1024, on Fashion-MNIST
+  (`--subset` training images, default all 60,000, and the 10,000 test
+  images). Every probe point has p <= 1024, so the 1024 x 1024 scatter and
+  exact lambda_max are used.
+- convnet: the paper's ConvNet, depth 20 and width 128, on Fashion-MNIST
+  padded to 32 x 32 (`--conv_subset` training images, default 2,000, and as
+  many test images, at most 10,000). Its probe points have p = 8,192 or
+  32,768 (above the default `max_covariance_dim` 4096) except the input, so
+  they take the Krylov path.
+
+Peak memory: the growth of the process's peak resident set size (Linux
+VmHWM, reset through /proc/self/clear_refs before each run) during one
+measurement, at two training-set sizes, to show that it does not grow with N.
+
+Falls back to random images of the same shape when Fashion-MNIST cannot be
+loaded, and says so.
+
+Run: python bench/metric_pass.py [--subset=60000] [--conv_subset=2000]
+  [--models=mlp,convnet] [--batch_size=128] [--repeats=3]
+"""
+
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from inc_tf import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from inc_tf import measurement  # pylint: disable=g-import-not-at-top,wrong-import-position
+from inc_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_SUBSET = flags.DEFINE_integer(
+    "subset", 60000, "Training images for the MLP.", lower_bound=128)
+_CONV_SUBSET = flags.DEFINE_integer(
+    "conv_subset", 2000, "Training images for the ConvNet; the test split "
+    "uses as many, at most 10,000.", lower_bound=128)
+_MODELS = flags.DEFINE_list("models", ["mlp", "convnet"],
+                            "Models to benchmark: mlp, convnet.")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per method; the "
+                                "median is reported.", lower_bound=1)
+
+NUM_CLASSES = 10
+
+
+def _load(pad_to):
+  """Return `(x_train, y_train, x_test, y_test, source)`."""
+  try:
+    splits = data_lib.load_dataset("fashion_mnist", pad_to=pad_to)
+    return (splits.x_train, splits.y_train, splits.x_test, splits.y_test,
+            "Fashion-MNIST")
+  except (FileNotFoundError, ValueError, OSError) as error:
+    print(f"Fashion-MNIST not loaded ({error}); using random images.")
+    size = pad_to or 28
+    rng = np.random.default_rng(0)
+    shape = (size, size, 1)
+    return (rng.normal(size=(60000,) + shape).astype(np.float32),
+            rng.integers(0, NUM_CLASSES, 60000).astype(np.int32),
+            rng.normal(size=(10000,) + shape).astype(np.float32),
+            rng.integers(0, NUM_CLASSES, 10000).astype(np.int32),
+            "random images")
+
+
+def _inference_pass(model):
+  @tf.function
+  def run(dataset):
+    total = tf.constant(0, tf.int64)
+    for images, _ in dataset:
+      logits = model(images, training=False)
+      total += tf.reduce_sum(tf.argmax(logits, axis=-1))
+    return total
+  return run
+
+
+def _median_seconds(function, repeats):
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    function()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _peak_rss_growth_mib(function):
+  """Run `function` and return how far the peak RSS rose above the RSS before, in MiB."""
+  try:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+      clear_refs.write("5")
+  except OSError:
+    return None
+  before = _status_kib("VmRSS")
+  function()
+  return (_status_kib("VmHWM") - before) / 1024
+
+
+def _status_kib(field):
+  with open("/proc/self/status") as status:
+    for line in status:
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  raise ValueError(f"{field} missing from /proc/self/status.")
+
+
+def _benchmark(name, model, x_train, y_train, x_test, y_test):
+  batch_size = _BATCH.value
+  train = data_lib.eval_batches(x_train, y_train, batch_size)
+  test = data_lib.eval_batches(x_test, y_test, batch_size)
+  inference = _inference_pass(model)
+  streaming = measurement.StreamingMeasurement(model)
+
+  def infer():
+    inference(train).numpy()
+    inference(test).numpy()
+
+  start = time.perf_counter()
+  streaming.measure(train, test)
+  cold = time.perf_counter() - start
+  infer()
+
+  measure_seconds = _median_seconds(
+      lambda: streaming.measure(train, test), _REPEATS.value)
+  infer_seconds = _median_seconds(infer, _REPEATS.value)
+  print(f"{name}: {len(x_train)} train + {len(x_test)} test images, batch "
+        f"{batch_size}")
+  print(f"  inference pass (both splits): {infer_seconds:8.2f} s")
+  print(f"  full measurement:             {measure_seconds:8.2f} s "
+        f"(first call with tracing {cold:.2f} s)")
+  print(f"  ratio measurement / inference: {measure_seconds / infer_seconds:.2f}")
+
+  for size in (len(x_train) // 4, len(x_train)):
+    small_train = data_lib.eval_batches(x_train[:size], y_train[:size],
+                                        batch_size)
+    growth = _peak_rss_growth_mib(
+        lambda: streaming.measure(small_train, test))  # pylint: disable=cell-var-from-loop
+    text = "n/a (no /proc/self/clear_refs)" if growth is None else (
+        f"{growth:.0f} MiB")
+    print(f"  peak RSS growth, {size} train images: {text}")
+
+
+def main(argv):
+  del argv  # Unused.
+  print(f"Devices: {[d.name for d in tf.config.list_logical_devices()]}")
+  for name in _MODELS.value:
+    if name == "mlp":
+      x_train, y_train, x_test, y_test, source = _load(pad_to=None)
+      subset = _SUBSET.value
+      model = models.mlp(x_train.shape[1:], depth=10, width=1024,
+                         num_classes=NUM_CLASSES)
+      print(f"Data: {source}")
+      _benchmark("mlp 10 x 1024", model, x_train[:subset], y_train[:subset],
+                 x_test, y_test)
+    elif name == "convnet":
+      x_train, y_train, x_test, y_test, source = _load(pad_to=32)
+      subset = _CONV_SUBSET.value
+      model = models.convnet(x_train.shape[1:], depth=20, width=128,
+                             num_classes=NUM_CLASSES)
+      print(f"Data: {source}")
+      _benchmark("convnet depth 20 width 128", model, x_train[:subset],
+                 y_train[:subset], x_test[:min(subset, 10000)],
+                 y_test[:min(subset, 10000)])
+    else:
+      raise app.UsageError(f"Unknown model {name!r}; use mlp or convnet.")
+
+
+if __name__ == "__main__":
+  app.run(main)
