@@ -61,11 +61,16 @@ class CollapseMeasurement(keras.callbacks.Callback):
     self.strategy = strategy
     self.max_covariance_dim = max_covariance_dim
     self.writer = writer
-    self._probe = None
+    self._measurement = None
     self._onsets = {}
 
   def on_train_begin(self, logs=None):
-    self._probe = probe_lib.build_probe(self.model)
+    # One StreamingMeasurement per run keeps its traced passes, so later
+    # epochs are not traced again.
+    self._measurement = measurement.StreamingMeasurement(
+        self.model, num_classes=self.num_classes, strategy=self.strategy,
+        max_covariance_dim=self.max_covariance_dim,
+        probe=probe_lib.build_probe(self.model))
     self._onsets = {}
     if self.params.get("initial_epoch", 0) == 0 and 0 in self.epochs:
       self.measure_epoch(0)
@@ -77,10 +82,7 @@ class CollapseMeasurement(keras.callbacks.Callback):
   def measure_epoch(self, epoch):
     """Measure every probe point now and write the records of `epoch`."""
     start = time.time()
-    results = measurement.measure(
-        self.model, self.train_data, self.test_data,
-        num_classes=self.num_classes, strategy=self.strategy,
-        max_covariance_dim=self.max_covariance_dim, probe=self._probe)
+    results = self._measurement.measure(self.train_data, self.test_data)
 
     metric_records, onset_records = [], []
     for split, points in results.items():
