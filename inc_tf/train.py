@@ -230,6 +230,22 @@ class Trainer:
     return float(self.correct.read_value()) / max(float(self.count.read_value()), 1.0)
 
 
+_DEFAULT_STRATEGY = []
+
+
+def default_strategy():
+  """Return the process-wide `MirroredStrategy` over all local GPUs or the CPU.
+
+  Every new MirroredStrategy numbers its collective ops from the same keys
+  (TF 2.21), so a second strategy over the same devices in one process can
+  fail with "Shape mismatch in the collective instance". Runs in one
+  process (sweeps, the ETF experiment) therefore share this one.
+  """
+  if not _DEFAULT_STRATEGY:
+    _DEFAULT_STRATEGY.append(tf.distribute.MirroredStrategy())
+  return _DEFAULT_STRATEGY[0]
+
+
 def _check_config_matches(workdir, config):
   """Refuse to mix two different runs in one run directory."""
   path = os.path.join(workdir, "config.json")
@@ -292,8 +308,8 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
 
   Args:
     config: A `RunConfig`.
-    strategy: A `tf.distribute.Strategy`; defaults to `MirroredStrategy()`,
-      which uses all local GPUs, or the CPU when there is none.
+    strategy: A `tf.distribute.Strategy`; defaults to `default_strategy()`,
+      a MirroredStrategy over all local GPUs, or the CPU when there is none.
     extra_callbacks: Keras callbacks run after the built-in ones.
     flags_text: Resolved flags to write to `flags.txt`, reusable as a
       flagfile; not written when None.
@@ -307,7 +323,7 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
     ValueError: The run directory holds a run with other settings.
   """
   if strategy is None:
-    strategy = tf.distribute.MirroredStrategy()
+    strategy = default_strategy()
   workdir = config.workdir
   os.makedirs(workdir, exist_ok=True)
   _check_config_matches(workdir, config)

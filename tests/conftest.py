@@ -1,8 +1,9 @@
 """Pytest set-up shared by all tests.
 
 Splits the host CPU into two logical devices before TensorFlow initialises, so
-tests can run a real `tf.distribute.MirroredStrategy` over two replicas. A
-strategy built without explicit devices still uses one CPU replica.
+tests can run a real `tf.distribute.MirroredStrategy` over two replicas.
+Because of that split, a strategy built without explicit devices uses both
+logical CPUs here; tests pass one of the fixtures below instead.
 """
 
 import os
