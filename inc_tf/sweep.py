@@ -542,14 +542,14 @@ def rerun_command(row, measure_epochs):
 
 
 def default_strategy():
-  """Return the strategy shared by every member of one process.
+  """Return `inc_tf.train.default_strategy()`, shared by every member.
 
-  Two MirroredStrategy objects over the same devices in one process can
-  reuse collective instance keys and fail in all-reduce (TF 2.21), so the
-  command builds one and passes it to each `inc_tf.train.run`.
+  A second MirroredStrategy over the same devices in one process can reuse
+  collective instance keys and fail in all-reduce (TF 2.21), so all members
+  train under the process-wide one.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.distribute.MirroredStrategy()
+  from inc_tf import train  # pylint: disable=g-import-not-at-top
+  return train.default_strategy()
 
 
 def _check_mode(index, collect_only, num_rates):
