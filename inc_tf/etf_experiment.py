@@ -384,8 +384,8 @@ def run_sweep(base_config, layer_counts, onset_override=None, strategy=None,
       sweep's directory and its `etf_layers` is ignored.
     layer_counts: sorted distinct counts of fixed top layers.
     onset_override: the `--unconstrained_onset` value, or None.
-    strategy: a `tf.distribute.Strategy` for every run. Defaults to one
-      `MirroredStrategy()` (all local GPUs, or the CPU) shared by all runs.
+    strategy: a `tf.distribute.Strategy` for every run. Defaults to
+      `train.default_strategy()`, the process's one MirroredStrategy.
     flags_text_for: function from a run's `RunConfig` to the text of its
       `flags.txt`, or None to write none.
 
@@ -394,16 +394,11 @@ def run_sweep(base_config, layer_counts, onset_override=None, strategy=None,
   """
   # Imported here so that --help and the table and figure functions do not
   # start TensorFlow.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from inc_tf import train  # pylint: disable=g-import-not-at-top
 
   check_layer_counts(base_config, layer_counts)
   if strategy is None:
-    # One strategy for all runs: TF 2.21 numbers the collective ops of every
-    # new MirroredStrategy from the same keys, so a second strategy whose
-    # collectives have other shapes (other trainable variables) can fail with
-    # "Shape mismatch in the collective instance".
-    strategy = tf.distribute.MirroredStrategy()
+    strategy = train.default_strategy()
   summaries = []
   for count in layer_counts:
     config = run_config_for(base_config, count)

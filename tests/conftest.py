@@ -50,3 +50,19 @@ def one_replica():
 def two_replicas():
   """A MirroredStrategy over two logical CPU devices, shared by all tests."""
   return _strategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(autouse=True)
+def _default_strategy_is_shared(monkeypatch):
+  """Make `train.default_strategy()` the shared one-replica strategy.
+
+  Without this, the first test that trains without a strategy would create
+  a second two-replica MirroredStrategy (both logical CPUs) besides the
+  fixture's.
+  """
+  try:
+    from inc_tf import train  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  monkeypatch.setattr(train, "default_strategy",
+                      lambda: _strategy(["/cpu:0"]))

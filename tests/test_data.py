@@ -420,9 +420,9 @@ def test_eval_batches_in_order():
   assert labels[0].dtype == np.int32
 
 
-def test_distributed_epoch_covers_all():
+def test_distributed_epoch_covers_all(two_replicas):
   x, y = make_examples(10)
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = two_replicas
   pipeline = data.TrainPipeline(x, y, 4, seed=0)
 
   seen = []

@@ -180,7 +180,7 @@ def _use_one_device(monkeypatch):
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from inc_tf import train  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(train.tf.distribute, "MirroredStrategy",
+  monkeypatch.setattr(train, "default_strategy",
                       lambda: tf.distribute.OneDeviceStrategy("/cpu:0"))
 
 

@@ -175,9 +175,9 @@ def test_wide_points_match_arrays():
         reference["feature_stable_rank"], rel=1e-3)
 
 
-def test_two_replicas_match_one():
+def test_two_replicas_match_one(two_replicas, one_replica):
   images, labels = make_data((6,), num_samples=203, offset=50.0)
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = two_replicas
   with strategy.scope():
     keras.utils.set_random_seed(0)
     model = tiny_mlp()
@@ -187,7 +187,7 @@ def test_two_replicas_match_one():
                             strategy=strategy, max_covariance_dim=12)
   one = measurement.measure(model, batches(images, labels),
                             batches(images[:70], labels[:70]),
-                            max_covariance_dim=12)
+                            strategy=one_replica, max_covariance_dim=12)
 
   assert strategy.num_replicas_in_sync == 2
   for split in ("train", "test"):

@@ -350,8 +350,8 @@ def test_weight_layers_rejects_shared_layer():
     models.weight_layers(model)
 
 
-def test_synchronized_batch_norm_matches_one_replica():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_synchronized_batch_norm_matches_one_replica(two_replicas):
+  strategy = two_replicas
   with strategy.scope():
     model = models.mlp((6,), depth=2, width=5, num_classes=3)
   reference = models.mlp((6,), depth=2, width=5, num_classes=3)

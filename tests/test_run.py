@@ -9,6 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from inc_tf import config as config_lib
@@ -178,7 +179,7 @@ def test_main_on_real_fashion_mnist(tmp_path):
   tags = accumulator.Tags()
   tag = records.metric_tag("train", "within_fraction", 3, "classifier")
   assert tag in tags["tensors"]
-  logged = {e.step: float(np.asarray(e.tensor_proto.float_val[0]))
+  logged = {e.step: float(tf.make_ndarray(e.tensor_proto))
             for e in accumulator.Tensors(tag)}
   assert logged[2] == pytest.approx(train_final[-1]["within_fraction"],
                                     rel=1e-6)
