@@ -21,6 +21,8 @@ class RunConfig:
       default locations and tensorflow-datasets.
     examples_per_class: Size of the balanced training subset per class, or
       None for the whole training split.
+    test_examples_per_class: Size of the balanced test subset per class, or
+      None for the whole test split; for quick CPU runs.
     seed: Seed of the subset, the initial weights and the data order.
     model: One of `MODELS`.
     depth: Hidden layers (MLP) or 3x3 blocks (ConvNet); ignored by ResNets.
@@ -51,6 +53,7 @@ class RunConfig:
   dataset: str = "fashion_mnist"
   data_dir: Optional[str] = None
   examples_per_class: Optional[int] = None
+  test_examples_per_class: Optional[int] = None
   seed: int = 0
   model: str = "mlp"
   depth: int = 10

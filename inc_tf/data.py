@@ -346,7 +346,8 @@ def _check_raw_arrays(x_train, y_train, x_test, y_test, num_classes, source):
 # Subsetting, normalisation and padding.
 
 
-def balanced_subset(labels, num_classes, examples_per_class, seed):
+def balanced_subset(labels, num_classes, examples_per_class, seed,
+                    split="training", option="examples_per_class"):
   """Draw the same number of examples from every class.
 
   Args:
@@ -354,6 +355,9 @@ def balanced_subset(labels, num_classes, examples_per_class, seed):
     num_classes: number of classes.
     examples_per_class: positive int, the examples drawn per class.
     seed: non-negative int. The same seed and labels give the same subset.
+    split: name of the split, for the error message.
+    option: name of the setting that asked for the subset, for the error
+      message.
 
   Returns:
     int64 `(num_classes * examples_per_class,)` indices into `labels`, sorted
@@ -368,9 +372,8 @@ def balanced_subset(labels, num_classes, examples_per_class, seed):
     indices = np.flatnonzero(labels == label)
     if len(indices) < examples_per_class:
       raise ValueError(
-          f"Class {label} has {len(indices)} training examples, fewer than "
-          f"examples_per_class={examples_per_class}. Lower "
-          "examples_per_class.")
+          f"Class {label} has {len(indices)} {split} examples, fewer than "
+          f"{option}={examples_per_class}. Lower {option}.")
     chosen.append(rng.choice(indices, size=examples_per_class, replace=False))
   return np.sort(np.concatenate(chosen)).astype(np.int64)
 

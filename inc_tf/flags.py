@@ -40,6 +40,10 @@ def define_flags():
   _define(flags.DEFINE_integer, "examples_per_class", 0,
           "Training examples per class in a balanced, seeded subset; 0 uses "
           "the whole training split.", lower_bound=0)
+  _define(flags.DEFINE_integer, "test_examples_per_class", 0,
+          "Test examples per class in a balanced, seeded subset of the test "
+          "split, to make quick CPU runs cheaper; 0 uses the whole test "
+          "split, as the paper does.", lower_bound=0)
   _define(flags.DEFINE_integer, "seed", 0,
           "Seed of the subset, the initial weights and the data order.",
           lower_bound=0)
@@ -166,6 +170,7 @@ def config_from_flags(argv=()):
       dataset=FLAGS.dataset,
       data_dir=FLAGS.data_dir,
       examples_per_class=FLAGS.examples_per_class or None,
+      test_examples_per_class=FLAGS.test_examples_per_class or None,
       seed=FLAGS.seed,
       model=FLAGS.model,
       depth=FLAGS.depth,

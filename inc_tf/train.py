@@ -336,6 +336,12 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
       config.dataset, data_dir=config.data_dir,
       examples_per_class=config.examples_per_class, seed=config.seed,
       pad_to=pad_size_for(config.model, config.dataset))
+  if config.test_examples_per_class:
+    keep = data_lib.balanced_subset(
+        splits.y_test, splits.num_classes, config.test_examples_per_class,
+        config.seed, split="test", option="test_examples_per_class")
+    splits = dataclasses.replace(splits, x_test=splits.x_test[keep],
+                                 y_test=splits.y_test[keep])
   pipeline = data_lib.TrainPipeline(
       splits.x_train, splits.y_train, config.batch_size, config.seed)
   test_batches = data_lib.eval_batches(

@@ -193,3 +193,19 @@ def test_main_on_real_fashion_mnist(tmp_path):
   flags_text = (workdir / "flags.txt").read_text()
   assert "--width=32" in flags_text
   assert f"--workdir={workdir}" in flags_text
+
+
+def test_test_subset_is_balanced(tiny_config, one_replica):
+  config = dataclasses.replace(tiny_config, epochs=1, measure_epochs=(),
+                               test_examples_per_class=2)
+  result = train.run(config, strategy=one_replica)
+  # 2 images of each of 10 classes: accuracy is a multiple of 1/20.
+  assert result.final_test_accuracy * 20 == pytest.approx(
+      round(result.final_test_accuracy * 20))
+
+
+def test_test_subset_too_large_names_option(tiny_config, one_replica):
+  config = dataclasses.replace(tiny_config, test_examples_per_class=5)
+  with pytest.raises(ValueError, match=r"4 test examples, fewer than "
+                     r"test_examples_per_class=5"):
+    train.run(config, strategy=one_replica)
