@@ -109,6 +109,15 @@ NUM_REPORTED_SINGULAR_VALUES = 64
 
 DEFAULT_MAX_COVARIANCE_DIM = 4096
 
+# Largest scatter size whose lambda_max comes from LAPACK rather than ARPACK.
+# At p = 1024, LAPACK took 0.14 s and ARPACK 0.21 s on a shared 2-core CPU.
+EIGH_MAX_DIM = 1024
+
+# Dense kernels with at least this many rows (and no more rows than columns)
+# get their spectrum from the Gram matrix; smaller ones use the SVD, which is
+# cheap at that size.
+GRAM_SPECTRUM_MIN_DIM = 256
+
 # Seed of the Gaussian start block of the block Krylov lambda_max estimate, so
 # that two runs over the same features give the same estimate.
 SKETCH_SEED = 0
@@ -403,6 +412,47 @@ def _weight_metrics(kernel, num_classes, singular_values=None):
   }
 
 
+def dense_kernel_spectrum(kernel, count):
+  """Return the singular values and top left singular vectors of a Dense kernel.
+
+  A wide kernel (`p_in <= p_out`, at least `GRAM_SPECTRUM_MIN_DIM` rows) goes
+  through the eigendecomposition of its `p_in x p_in` Gram matrix
+  `K K^T`, which OpenBLAS 0.3.31 computes several times faster than the SVD
+  (median 0.46 s against 1.4 to 3.5 s for 1024 x 1024 on a shared 2-core
+  CPU). The
+  eigenvalues carry an absolute error of about `eps * sigma_1^2`, so a
+  singular value `sigma` is off by about `eps * sigma_1^2 / sigma`: below
+  1e-12 relative to `sigma_1` for the kernels of a trained or freshly
+  initialised network, but up to `sqrt(eps) * sigma_1` for a zero singular
+  value. Other kernels use the SVD (`gesdd`).
+
+  Args:
+    kernel: `(p_in, p_out)` float64 Dense kernel.
+    count: Number of left singular vectors requested; the result has
+      `min(count, p_in, p_out)` columns.
+
+  Returns:
+    A tuple `(singular_values, left)`: the `min(p_in, p_out)` singular values
+    in descending order and the `(p_in, min(count, p_in, p_out))` left
+    singular vectors that belong to the largest of them.
+  """
+  rows, cols = kernel.shape
+  count = min(count, rows, cols)
+  if rows > cols or rows < GRAM_SPECTRUM_MIN_DIM:
+    left, singular_values, _ = scipy.linalg.svd(
+        kernel, full_matrices=False, lapack_driver="gesdd")
+    return singular_values, left[:, :count]
+
+  gram = kernel @ kernel.T
+  eigenvalues = scipy.linalg.eigh(gram, eigvals_only=True, driver="evd")
+  singular_values = np.sqrt(np.maximum(eigenvalues[::-1], 0.0))
+  if count == 0:
+    return singular_values, np.zeros((rows, 0))
+  _, vectors = scipy.linalg.eigh(
+      gram, subset_by_index=[rows - count, rows - 1], driver="evr")
+  return singular_values, vectors[:, ::-1]
+
+
 def _left_singular_vectors(matrix, count):
   left, _, _ = scipy.linalg.svd(matrix, full_matrices=False)
   return left[:, :count]
@@ -468,11 +518,12 @@ def _classifier_metrics(stats, kernel):
 def _largest_eigenvalue(matrix):
   """Return the largest eigenvalue of a symmetric PSD matrix, to machine precision.
 
-  Small matrices use LAPACK; larger ones use Lanczos (ARPACK) with tolerance
-  0 (machine precision), which avoids the O(p^3) tridiagonalisation.
+  Matrices up to `EIGH_MAX_DIM` use LAPACK (`syevr` for the top eigenvalue
+  only); larger ones use Lanczos (ARPACK) with tolerance 0 (machine
+  precision), which avoids the O(p^3) tridiagonalisation.
   """
   dim = matrix.shape[0]
-  if dim <= 256 or not np.any(matrix):
+  if dim <= EIGH_MAX_DIM or not np.any(matrix):
     return float(scipy.linalg.eigh(
         matrix, eigvals_only=True, subset_by_index=[dim - 1, dim - 1])[0])
   value = scipy.sparse.linalg.eigsh(
@@ -546,9 +597,9 @@ def finalize(stats, num_classes, kernel=None, is_classifier=None):
     kernel = np.asarray(kernel, dtype=np.float64)
     kernel_left = singular_values = None
     if kernel.ndim == 2:
-      # The SVD of a 1024 x 1024 kernel costs about a second; do it once.
-      kernel_left, singular_values, _ = scipy.linalg.svd(
-          kernel, full_matrices=False)
+      # One decomposition serves both the alignment and the weight spectrum.
+      singular_values, kernel_left = dense_kernel_spectrum(
+          kernel, max(num_classes - 1, 1))
     results.update(_alignment(stats, kernel, kernel_left))
     results.update(_weight_metrics(kernel, num_classes, singular_values))
     if is_classifier:

@@ -439,3 +439,29 @@ def test_collapse_onset_epsilon():
 def test_descriptions_cover_keys():
   assert set(metrics.METRIC_DESCRIPTIONS) == set(metrics.METRIC_KEYS)
   assert set(metrics.TEST_SPLIT_KEYS) <= set(metrics.METRIC_KEYS)
+
+
+@pytest.mark.parametrize("rows, cols", [(300, 400), (400, 300), (100, 120)])
+def test_dense_kernel_spectrum_matches_svd(rows, cols):
+  kernel = np.random.default_rng(0).normal(size=(rows, cols))
+
+  singular_values, left = metrics.dense_kernel_spectrum(kernel, 9)
+
+  left_svd, singular_values_svd, _ = np.linalg.svd(kernel, full_matrices=False)
+  assert left.shape == (rows, 9)
+  np.testing.assert_allclose(singular_values, singular_values_svd, rtol=1e-10)
+  cosines = np.linalg.svd(left_svd[:, :9].T @ left, compute_uv=False)
+  np.testing.assert_allclose(cosines, 1.0, atol=1e-10)
+
+
+def test_dense_kernel_spectrum_of_low_rank():
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 400))
+
+  singular_values, _ = metrics.dense_kernel_spectrum(kernel, 9)
+
+  exact = np.linalg.svd(kernel, compute_uv=False)
+  np.testing.assert_allclose(singular_values[:5], exact[:5], rtol=1e-10)
+  # A zero singular value comes back as at most sqrt(eps) * sigma_1.
+  assert np.all(singular_values[5:] < 1e-7 * exact[0])
+  assert np.sum(singular_values) == pytest.approx(np.sum(exact), rel=1e-6)
