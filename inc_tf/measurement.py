@@ -25,9 +25,10 @@ All per-batch work runs inside one `tf.function` per pass on the strategy's
 devices: float32 matmuls (float64 for float64 models) on shifted or centred
 features, accumulated across batches in float64. Under a strategy with
 several replicas each replica works on its part of the batch and the partial
-sums are added with `strategy.reduce(SUM)` after every batch. The small
-corrections for the shift (`- sum_c r_c r_c^T / n_c`) and all metric formulas
-run on the host in float64.
+sums are added with `strategy.reduce(SUM)` after every batch. With one
+replica the batch step is compiled with XLA by default (`jit_compile`).
+The small corrections for the shift (`- sum_c r_c r_c^T / n_c`) and all
+metric formulas run on the host in float64.
 """
 
 import dataclasses
@@ -96,11 +97,14 @@ class StreamingMeasurement:
       estimate of wider points (see `metrics.layer_metrics`). Defaults to 0.
     probe: `(probe_model, points)` from `inc_tf.probe.build_probe(model)`.
       Defaults to None: built here.
+    jit_compile: Whether each replica's batch step is compiled with XLA:
+      True, False or "auto", which compiles it only when the strategy has
+      one replica. Defaults to "auto".
   """
 
   def __init__(self, model, num_classes=None, strategy=None,
                max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
-               lambda_max_passes=0, probe=None):
+               lambda_max_passes=0, probe=None, jit_compile="auto"):
     if num_classes is None:
       num_classes = _num_classes_of(model)
     if isinstance(num_classes, bool) or not isinstance(
@@ -113,11 +117,21 @@ class StreamingMeasurement:
     if lambda_max_passes < 0:
       raise ValueError(
           f"lambda_max_passes must be >= 0, got {lambda_max_passes}.")
+    if jit_compile not in (True, False, "auto"):
+      raise ValueError(
+          f"jit_compile must be True, False or 'auto', got {jit_compile!r}.")
     self._model = model
     self._num_classes = int(num_classes)
     self._strategy = strategy or tf.distribute.get_strategy()
     self._max_covariance_dim = max_covariance_dim
     self._lambda_max_passes = lambda_max_passes
+    # NOTE: in TF 2.21 an XLA-compiled replica step fails under a
+    # MirroredStrategy over two logical CPU devices ("Trying to access
+    # resource ... located in device CPU:1 from device CPU:0"), so "auto"
+    # compiles only with one replica. Several GPU replicas are untested.
+    if jit_compile == "auto":
+      jit_compile = self._strategy.num_replicas_in_sync == 1
+    self._jit_compile = jit_compile
     if probe is None:
       probe = probe_lib.build_probe(model)
     self._probe_model, self._points = probe
@@ -426,8 +440,12 @@ class StreamingMeasurement:
               tf.cast(tf.equal(nearest, predicted), tf.float64))
       return totals
 
+    replica_step = step
+    if self._jit_compile:
+      replica_step = tf.function(step, jit_compile=True)
+
     def reduced_step(batch, constants):
-      per_replica = strategy.run(step, args=(batch, constants))
+      per_replica = strategy.run(replica_step, args=(batch, constants))
       return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
                              axis=None)
 
@@ -519,7 +537,7 @@ def _centred_stats(totals, position, layout, means, counts):
 
 def measure(model, train_dataset, test_dataset=None, num_classes=None,
             strategy=None, max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
-            lambda_max_passes=0, probe=None):
+            lambda_max_passes=0, probe=None, jit_compile="auto"):
   """Measure the collapse metrics of every probe point of a classifier.
 
   Example:
@@ -539,6 +557,7 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
     lambda_max_passes: See `StreamingMeasurement`. Defaults to 0.
     probe: `(probe_model, points)` from `inc_tf.probe.build_probe`, to reuse.
       Defaults to None.
+    jit_compile: See `StreamingMeasurement`. Defaults to "auto".
 
   Returns:
     `{"train": [...], "test": [...]}`, see `StreamingMeasurement.measure`.
@@ -546,5 +565,6 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
   measurement = StreamingMeasurement(
       model, num_classes=num_classes, strategy=strategy,
       max_covariance_dim=max_covariance_dim,
-      lambda_max_passes=lambda_max_passes, probe=probe)
+      lambda_max_passes=lambda_max_passes, probe=probe,
+      jit_compile=jit_compile)
   return measurement.measure(train_dataset, test_dataset)

@@ -250,3 +250,29 @@ def test_reused_measurement_follows_weights():
       expected[2]["trace_within"], rel=1e-4)
   assert after["train"][2]["trace_within"] != pytest.approx(
       before["train"][2]["trace_within"], rel=1e-3)
+
+
+def test_jit_matches_graph():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,), offset=1e4)
+  test_images, test_labels = make_data((6,), num_samples=90, offset=1e4,
+                                       seed=1)
+
+  results = {}
+  for jit_compile in (True, False):
+    results[jit_compile] = measurement.measure(
+        model, batches(images, labels), batches(test_images, test_labels),
+        jit_compile=jit_compile)
+
+  for split in ("train", "test"):
+    assert len(results[True][split]) == 3
+    for compiled, graph in zip(results[True][split], results[False][split]):
+      assert_results_match(compiled, graph, rtol=1e-4)
+
+
+def test_invalid_jit_compile_raises():
+  model = tiny_mlp()
+
+  with pytest.raises(ValueError, match="jit_compile must be"):
+    measurement.StreamingMeasurement(model, jit_compile="yes")
