@@ -125,10 +125,6 @@ class Trainer:
       self.loss_sum = _sum_variable("loss_sum")
       self.correct = _sum_variable("correct")
       self.count = _sum_variable("count")
-      self.nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
-                                        name="nonfinite_step")
-      self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                       name="step_in_epoch")
 
     replica_train = tf.function(self._replica_train_step,
                                 jit_compile=jit_compile, reduce_retracing=True)
@@ -147,9 +143,9 @@ class Trainer:
     global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
 
     # Forward and loss. Each replica divides its loss sum by the global batch
-    # size, and the optimizer sums gradients over replicas, so the update is
-    # the gradient of the mean loss over the global batch for any number of
-    # replicas, also for a partial last batch.
+    # size, and the optimizer sums gradients over replicas. The update is
+    # therefore the gradient of the mean loss over the global batch for any
+    # number of replicas, also for a partial last batch.
     with tf.GradientTape() as tape:
       logits = self.model(images, training=True)
       loss_sum = mse_loss_sum(logits, labels, self.num_classes)
@@ -247,7 +243,7 @@ def default_strategy():
 
 
 def _check_config_matches(workdir, config):
-  """Refuse to mix two different runs in one run directory."""
+  """Write config.json, or raise if the directory contains another run."""
   path = os.path.join(workdir, "config.json")
   current = dataclasses.asdict(config)
   if not os.path.exists(path):
@@ -265,8 +261,9 @@ def _check_config_matches(workdir, config):
         f"{name}: {stored.get(name)!r} there, {current[name]!r} now"
         for name in differences)
     raise ValueError(
-        f"Run directory {workdir} holds a different run ({details}). Pass a "
-        "new --workdir, or delete the directory to start over.")
+        f"Run directory {workdir} contains a run with other settings "
+        f"({details}). Pass a new --workdir, or delete the directory to start "
+        "over.")
 
 
 def _latest_checkpoint_epoch(path):
@@ -320,7 +317,7 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   Raises:
     NonFiniteLossError: The loss became NaN or infinite; the message names the
       epoch and step. Checkpoints and metric files written before stay valid.
-    ValueError: The run directory holds a run with other settings.
+    ValueError: The run directory contains a run with other settings.
   """
   if strategy is None:
     strategy = default_strategy()
@@ -397,9 +394,9 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
       "epochs": config.epochs, "steps": pipeline.steps_per_epoch,
       "initial_epoch": initial_epoch, "verbose": 0})
 
-  # The ETF callback fixes and freezes kernels in on_train_begin; the
-  # optimizer is built afterwards on what is still trainable, then the
-  # checkpoint (if any) overwrites every variable.
+  # The ETF callback fixes and freezes kernels in on_train_begin, so the
+  # optimizer is built afterwards on what is still trainable. The checkpoint,
+  # if any, then overwrites every variable.
   callback_list.on_train_begin()
   schedule = schedule_lib.WarmupStepDecay(
       config.lr, pipeline.steps_per_epoch, config.epochs,

@@ -114,7 +114,7 @@ def test_other_run_in_workdir_is_rejected(tiny_config, one_replica):
   config = dataclasses.replace(tiny_config, epochs=1, measure_epochs=())
   train.run(config, strategy=one_replica)
   before = open(os.path.join(config.workdir, "history.jsonl")).read()
-  with pytest.raises(ValueError, match=r"lr: 0.02 there, 0.5 now"):
+  with pytest.raises(ValueError, match=r"other settings \(lr: 0.02 there, 0.5 now\)"):
     train.run(dataclasses.replace(config, lr=0.5), strategy=one_replica)
   assert open(os.path.join(config.workdir, "history.jsonl")).read() == before
 
