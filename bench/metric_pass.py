@@ -5,6 +5,10 @@ the training and test batches (every probe point, every metric, both splits)
 and a plain inference pass over the same batches: a `tf.function` that runs
 the model forward (`training=False`) on every batch and keeps only a cheap
 reduction of the logits, as `model.predict` would without collecting them.
+The inference pass is timed twice, without and with XLA (`jit_compile=True`
+on the per-batch forward), and the ratio is printed against both. The
+measurement compiles its batch step with XLA as `--jit_compile` says
+(default "auto": on, because the benchmark runs one replica).
 Both are timed after one warm-up call, so tracing is excluded; the first
 (cold) measurement time is printed too. Models are freshly initialised: the
 cost of the metrics does not depend on the weights.
@@ -28,8 +32,9 @@ measurement, at two training-set sizes, to show that it does not grow with N.
 Falls back to random images of the same shape when Fashion-MNIST cannot be
 loaded, and says so.
 
-Run: python bench/metric_pass.py [--subset=60000] [--conv_subset=2000]
-  [--models=mlp,convnet] [--batch_size=128] [--repeats=3]
+Run: python bench/metric_pass.py [--subset=60000] [--test_subset=10000]
+  [--conv_subset=2000] [--models=mlp,convnet] [--batch_size=128]
+  [--repeats=3] [--jit_compile=auto]
 """
 
 import os
@@ -51,6 +56,11 @@ from inc_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-po
 
 _SUBSET = flags.DEFINE_integer(
     "subset", 60000, "Training images for the MLP.", lower_bound=128)
+_TEST_SUBSET = flags.DEFINE_integer(
+    "test_subset", 10000, "Test images for the MLP.", lower_bound=128)
+_JIT = flags.DEFINE_enum(
+    "jit_compile", "auto", ["auto", "true", "false"],
+    "XLA for the measurement's batch step; see StreamingMeasurement.")
 _CONV_SUBSET = flags.DEFINE_integer(
     "conv_subset", 2000, "Training images for the ConvNet; the test split "
     "uses as many, at most 10,000.", lower_bound=128)
@@ -81,14 +91,22 @@ def _load(pad_to):
             "random images")
 
 
-def _inference_pass(model):
+def _inference_pass(model, jit_compile):
+  """Return a `tf.function(dataset)` that runs the model over every batch."""
+  def forward(images):
+    logits = model(images, training=False)
+    return tf.reduce_sum(tf.argmax(logits, axis=-1))
+
+  if jit_compile:
+    forward = tf.function(forward, jit_compile=True)
+
   @tf.function
   def run(dataset):
     total = tf.constant(0, tf.int64)
     for images, _ in dataset:
-      logits = model(images, training=False)
-      total += tf.reduce_sum(tf.argmax(logits, axis=-1))
+      total += forward(images)
     return total
+
   return run
 
 
@@ -125,27 +143,34 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test):
   batch_size = _BATCH.value
   train = data_lib.eval_batches(x_train, y_train, batch_size)
   test = data_lib.eval_batches(x_test, y_test, batch_size)
-  inference = _inference_pass(model)
-  streaming = measurement.StreamingMeasurement(model)
+  jit_compile = {"auto": "auto", "true": True, "false": False}[_JIT.value]
+  streaming = measurement.StreamingMeasurement(model, jit_compile=jit_compile)
+  inferences = {xla: _inference_pass(model, xla) for xla in (False, True)}
 
-  def infer():
-    inference(train).numpy()
-    inference(test).numpy()
+  def infer(xla):
+    inferences[xla](train).numpy()
+    inferences[xla](test).numpy()
 
   start = time.perf_counter()
   streaming.measure(train, test)
   cold = time.perf_counter() - start
-  infer()
+  for xla in (False, True):
+    infer(xla)
 
   measure_seconds = _median_seconds(
       lambda: streaming.measure(train, test), _REPEATS.value)
-  infer_seconds = _median_seconds(infer, _REPEATS.value)
+  infer_seconds = {
+      xla: _median_seconds(lambda: infer(xla), _REPEATS.value)  # pylint: disable=cell-var-from-loop
+      for xla in (False, True)}
   print(f"{name}: {len(x_train)} train + {len(x_test)} test images, batch "
-        f"{batch_size}")
-  print(f"  inference pass (both splits): {infer_seconds:8.2f} s")
-  print(f"  full measurement:             {measure_seconds:8.2f} s "
+        f"{batch_size}, measurement jit_compile={_JIT.value}")
+  print(f"  inference pass, no XLA (both splits): {infer_seconds[False]:8.2f} s")
+  print(f"  inference pass, XLA (both splits):    {infer_seconds[True]:8.2f} s")
+  print(f"  full measurement:                     {measure_seconds:8.2f} s "
         f"(first call with tracing {cold:.2f} s)")
-  print(f"  ratio measurement / inference: {measure_seconds / infer_seconds:.2f}")
+  for xla in (False, True):
+    print(f"  ratio measurement / inference ({'XLA' if xla else 'no XLA'}): "
+          f"{measure_seconds / infer_seconds[xla]:.2f}")
 
   for size in (len(x_train) // 4, len(x_train)):
     small_train = data_lib.eval_batches(x_train[:size], y_train[:size],
@@ -167,8 +192,9 @@ def main(argv):
       model = models.mlp(x_train.shape[1:], depth=10, width=1024,
                          num_classes=NUM_CLASSES)
       print(f"Data: {source}")
+      test_subset = _TEST_SUBSET.value
       _benchmark("mlp 10 x 1024", model, x_train[:subset], y_train[:subset],
-                 x_test, y_test)
+                 x_test[:test_subset], y_test[:test_subset])
     elif name == "convnet":
       x_train, y_train, x_test, y_test, source = _load(pad_to=32)
       subset = _CONV_SUBSET.value
