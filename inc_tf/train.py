@@ -130,12 +130,15 @@ class Trainer:
                                 jit_compile=jit_compile, reduce_retracing=True)
     replica_eval = tf.function(self._replica_eval_step,
                                jit_compile=jit_compile, reduce_retracing=True)
-    self._train_step = tf.function(
-        lambda batch: strategy.run(replica_train, args=batch),
-        reduce_retracing=True)
-    self._eval_step = tf.function(
-        lambda batch: strategy.run(replica_eval, args=batch),
-        reduce_retracing=True)
+
+    def train_step(batch):
+      return strategy.run(replica_train, args=batch)
+
+    def eval_step(batch):
+      return strategy.run(replica_eval, args=batch)
+
+    self._train_step = tf.function(train_step, reduce_retracing=True)
+    self._eval_step = tf.function(eval_step, reduce_retracing=True)
 
   def _replica_train_step(self, images, labels):
     context = tf.distribute.get_replica_context()
