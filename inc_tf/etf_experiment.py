@@ -46,6 +46,7 @@ import tempfile
 from absl import app
 from absl import flags
 from absl import logging
+import logging as std_logging
 import matplotlib
 from matplotlib import figure as mpl_figure
 
@@ -58,6 +59,10 @@ SUMMARY_TABLE = "etf_summary.txt"
 FIGURE_NAME = "etf_accuracy"
 ONSET_GID = "unconstrained_onset"
 ONSET_COLOR = "tab:green"
+# Saving a PDF subsets its fonts with fontTools, which logs hundreds of INFO
+# lines per file through absl's handler otherwise.
+std_logging.getLogger("fontTools").setLevel(std_logging.WARNING)
+
 SPLIT_COLORS = {"train": "tab:blue", "test": "tab:orange"}
 FIGURE_SIZE = (3.5, 2.4)  # Inches: one paper column.
 SAVE_DPI = 200

@@ -36,6 +36,10 @@ def main(argv):
   except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
     logging.error("%s", e)
     return 1
+  except KeyboardInterrupt:
+    logging.error("Interrupted. Rerun the same command to resume from the "
+                  "last checkpoint in %s.", config.workdir)
+    return 130
 
   paths = plots.finish_run(result.workdir)
   print(plots.format_final_table(plots.load_run(result.workdir)))

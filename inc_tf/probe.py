@@ -31,7 +31,7 @@ class ProbePoint:
 
 
 def _check_functional(model):
-  if not isinstance(model, keras.Model) or not hasattr(model, "operations"):
+  if not isinstance(model, keras.Model):
     raise ValueError(
         f"Expected a Keras functional or Sequential model, got "
         f"{type(model).__name__}; rebuild it with keras.Input and the "
@@ -66,7 +66,7 @@ def probe_points(model):
   _check_functional(model)
 
   points = []
-  for layer in model.operations:
+  for layer in model.layers:
     if isinstance(layer, keras.Model):
       if any(isinstance(l, WEIGHT_LAYER_TYPES) for l in layer._flatten_layers()):  # pylint: disable=protected-access
         raise ValueError(

@@ -221,6 +221,10 @@ class Trainer:
     return float(sum(np.asarray(t) for t in
                      self.strategy.experimental_local_results(per_replica_loss)))
 
+  def weights_finite(self):
+    """Return whether every trainable variable is free of NaN and inf."""
+    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.variables)
+
   def evaluate(self, dataset):
     """Return the accuracy of the model in inference mode over a dataset."""
     self.reset_counters()
@@ -246,12 +250,10 @@ def default_strategy():
 
 
 def _check_config_matches(workdir, config):
-  """Write config.json, or raise if the directory contains another run."""
+  """Raise if the run directory contains a run with other settings."""
   path = os.path.join(workdir, "config.json")
   current = dataclasses.asdict(config)
   if not os.path.exists(path):
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
     return
   with open(path, encoding="utf-8") as f:
     stored = json.load(f)
@@ -327,9 +329,6 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   workdir = config.workdir
   os.makedirs(workdir, exist_ok=True)
   _check_config_matches(workdir, config)
-  if flags_text is not None:
-    with open(os.path.join(workdir, "flags.txt"), "w", encoding="utf-8") as f:
-      f.write(flags_text)
 
   # Data.
   splits = data_lib.load_dataset(
@@ -401,6 +400,15 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   # optimizer is built afterwards on what is still trainable. The checkpoint,
   # if any, then overwrites every variable.
   callback_list.on_train_begin()
+
+  # The settings are written only now, after data, model and callbacks were
+  # set up, so that a run rejected at start-up (a missing file, an invalid
+  # flag) does not lock the directory to its settings.
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(dataclasses.asdict(config), f, indent=2, sort_keys=True)
+  if flags_text is not None:
+    with open(os.path.join(workdir, "flags.txt"), "w", encoding="utf-8") as f:
+      f.write(flags_text)
   schedule = schedule_lib.WarmupStepDecay(
       config.lr, pipeline.steps_per_epoch, config.epochs,
       warmup_epochs=config.warmup_epochs, decay=config.lr_decay,
@@ -441,6 +449,13 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
       raise NonFiniteLossError(
           f"The training loss became non-finite at epoch {epoch}, step "
           f"{bad_step + 1} of {pipeline.steps_per_epoch} "
+          f"(learning rate {learning_rate:g}). Lower --lr or --weight_decay; "
+          f"files in {workdir} up to the last checkpoint are intact.")
+    # The last update of an epoch can overflow the weights after the last
+    # finite loss was computed, so the weights are checked too.
+    if not trainer.weights_finite():
+      raise NonFiniteLossError(
+          f"The weights became non-finite in the last step of epoch {epoch} "
           f"(learning rate {learning_rate:g}). Lower --lr or --weight_decay; "
           f"files in {workdir} up to the last checkpoint are intact.")
     test_accuracy = trainer.evaluate(test_batches)

@@ -99,3 +99,16 @@ def test_probe_rejects_nested_model():
   model = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
   with pytest.raises(ValueError, match="nested model"):
     probe.build_probe(model)
+
+
+def test_probe_accepts_sequential_model():
+  model = keras.Sequential([keras.Input((3, 3, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(5, name="hidden"),
+                            keras.layers.Dense(2, name="out")])
+  probe_model, points = probe.build_probe(model)
+  images = np.ones((4, 3, 3, 1), "float32")
+  outputs = probe_model(images, training=False)
+  assert [p.name for p in points] == ["hidden", "out"]
+  assert outputs[0].shape == (4, 9)
+  np.testing.assert_array_equal(np.asarray(outputs[-1]),
+                                np.asarray(model(images)))

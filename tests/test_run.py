@@ -209,3 +209,15 @@ def test_test_subset_too_large_names_option(tiny_config, one_replica):
   with pytest.raises(ValueError, match=r"4 test examples, fewer than "
                      r"test_examples_per_class=5"):
     train.run(config, strategy=one_replica)
+
+
+def test_failed_start_does_not_lock_workdir(tiny_config, one_replica):
+  bad = dataclasses.replace(tiny_config, epochs=1, measure_epochs=(),
+                            test_examples_per_class=5)
+  with pytest.raises(ValueError, match="test_examples_per_class=5"):
+    train.run(bad, strategy=one_replica)
+  assert not os.path.exists(os.path.join(bad.workdir, "config.json"))
+
+  fixed = dataclasses.replace(bad, test_examples_per_class=2)
+  result = train.run(fixed, strategy=one_replica)
+  assert result.epochs_completed == 1

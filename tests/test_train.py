@@ -77,3 +77,15 @@ def test_nonfinite_loss_is_reported(one_replica):
                           momentum=0.9, weight_decay=0.0, jit_compile=False)
   _, _, bad_step = trainer.train_epoch(_dataset(num_examples=160))
   assert bad_step is not None
+
+
+def test_weights_finite_detects_nan(one_replica):
+  with one_replica.scope():
+    model = models.mlp((4, 4, 1), depth=1, width=4, num_classes=3)
+  trainer = train.Trainer(model, one_replica, num_classes=3,
+                          learning_rate=0.1, momentum=0.9, weight_decay=0.0,
+                          jit_compile=False)
+  assert trainer.weights_finite()
+  kernel = model.get_layer("classifier").kernel
+  kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+  assert not trainer.weights_finite()
