@@ -93,6 +93,7 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, one_replica):
 
 
 def test_finished_run_is_not_retrained(tiny_config, one_replica):
+  tiny_config = dataclasses.replace(tiny_config, epochs=2, measure_epochs=())
   first = train.run(tiny_config, strategy=one_replica)
   lines = len(_read(tiny_config.workdir, "history.jsonl"))
   second = train.run(tiny_config, strategy=one_replica)
@@ -140,7 +141,8 @@ def test_main_on_real_fashion_mnist(tmp_path):
   command = [
       sys.executable, "-m", "inc_tf.main",
       "--flagfile=configs/demo_fashion_mnist_mlp.cfg",
-      "--examples_per_class=30", "--depth=3", "--width=32", "--epochs=2",
+      "--examples_per_class=30", "--test_examples_per_class=50",
+      "--depth=3", "--width=32", "--epochs=2",
       "--measure_epochs=0,1", f"--workdir={workdir}"]
   completed = subprocess.run(command, cwd=REPO, capture_output=True,
                              text=True, timeout=600, check=False)
