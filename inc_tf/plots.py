@@ -608,7 +608,7 @@ def save_figures(figs, out_dir):
       finally:
         fig.set_layout_engine(engine)
       paths.extend([png_path, pdf_path])
-  logging.info("Wrote %d figure families as PNG and PDF to %s", len(figs),
+  logging.info("Wrote %d figure(s) as PNG and PDF to %s", len(figs),
                out_dir)
   return paths
 
