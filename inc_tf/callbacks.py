@@ -17,10 +17,10 @@ from inc_tf import records
 class CollapseMeasurement(keras.callbacks.Callback):
   """Measure NC1-NC4, ranks and spectra at every probe point.
 
-  Hooks: `on_train_begin` builds the probe model and measures epoch 0 (the
-  initialisation) when training starts from scratch and 0 is requested;
-  `on_epoch_end(epoch)` measures after epoch `epoch + 1` (Keras passes a
-  0-based index) when that epoch is requested.
+  Hooks: `on_train_begin` builds the probe model. It also measures epoch 0
+  (the initialisation) when training starts from scratch and 0 is
+  requested. `on_epoch_end(epoch)` measures after epoch `epoch + 1`, because
+  Keras passes a 0-based index, when that epoch is requested.
 
   Writes, per measured epoch, one `metrics.jsonl` record per split and probe
   point, one `onset.jsonl` record per split, and a TensorBoard scalar per
