@@ -41,7 +41,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -51,6 +50,7 @@ import matplotlib
 from matplotlib import figure as mpl_figure
 
 from inc_tf import flags as flags_lib
+from inc_tf import records
 
 flags_lib.define_flags()
 
@@ -358,9 +358,9 @@ def write_summary(workdir, summaries, onset=None, title=None):
   os.makedirs(workdir, exist_ok=True)
   ordered = sorted(summaries, key=lambda s: s["etf_layers"])
   lines = "".join(json.dumps(s, allow_nan=False) + "\n" for s in ordered)
-  _write_atomic(os.path.join(workdir, SUMMARY_JSONL), lines)
+  records.write_text_atomic(os.path.join(workdir, SUMMARY_JSONL), lines)
   table = format_table(ordered, onset)
-  _write_atomic(os.path.join(workdir, SUMMARY_TABLE), table)
+  records.write_text_atomic(os.path.join(workdir, SUMMARY_TABLE), table)
 
   figure = draw_figure(ordered, onset, title)
   with matplotlib.rc_context(_STYLE):
@@ -368,16 +368,6 @@ def write_summary(workdir, summaries, onset=None, title=None):
       figure.savefig(os.path.join(workdir, f"{FIGURE_NAME}.{extension}"),
                      dpi=SAVE_DPI)
   return table
-
-
-def _write_atomic(path, text):
-  """Write `text` to `path` through a temporary file, so readers never see half."""
-  directory = os.path.dirname(path) or "."
-  with tempfile.NamedTemporaryFile(
-      "w", encoding="utf-8", dir=directory, delete=False,
-      prefix=".tmp_") as f:
-    f.write(text)
-  os.replace(f.name, path)
 
 
 def run_sweep(base_config, layer_counts, onset_override=None, strategy=None,

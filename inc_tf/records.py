@@ -103,6 +103,20 @@ def read_jsonl(path):
   return records
 
 
+def write_text_atomic(path, text):
+  """Write `text` to `path` through a temporary file in the same folder.
+
+  `os.replace` swaps the file in one step, so a reader or an interruption
+  sees either the old or the new contents, never half of them.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  with tempfile.NamedTemporaryFile(
+      "w", encoding="utf-8", dir=directory, delete=False,
+      prefix=".tmp_") as f:
+    f.write(text)
+  os.replace(f.name, path)
+
+
 def keep_epochs_up_to(path, last_epoch):
   """Rewrite a JSON-lines file keeping only records with `epoch <= last_epoch`.
 
@@ -126,11 +140,6 @@ def keep_epochs_up_to(path, last_epoch):
         json.dumps(r, allow_nan=False) + "\n" for r in kept)
   if unchanged:
     return 0
-  directory = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile(
-      "w", dir=directory, delete=False, encoding="utf-8") as f:
-    for record in kept:
-      f.write(json.dumps(record, allow_nan=False) + "\n")
-    temporary = f.name
-  os.replace(temporary, path)
+  write_text_atomic(
+      path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
   return len(records) - len(kept)

@@ -52,7 +52,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -217,7 +216,7 @@ def write_diverged_marker(config, message):
   os.makedirs(config.workdir, exist_ok=True)
   marker = {"lr": config.lr, "message": message,
             "config": records.to_json_value(dataclasses.asdict(config))}
-  _write_atomic(os.path.join(config.workdir, DIVERGED_FILE),
+  records.write_text_atomic(os.path.join(config.workdir, DIVERGED_FILE),
                 json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
@@ -389,18 +388,10 @@ def write_summary(workdir, rows):
   os.makedirs(workdir, exist_ok=True)
   ordered = sorted(rows, key=lambda r: r["index"])
   lines = "".join(json.dumps(row, allow_nan=False) + "\n" for row in ordered)
-  _write_atomic(os.path.join(workdir, SUMMARY_JSONL), lines)
+  records.write_text_atomic(os.path.join(workdir, SUMMARY_JSONL), lines)
   table = format_table(ordered)
-  _write_atomic(os.path.join(workdir, SUMMARY_TABLE), table)
+  records.write_text_atomic(os.path.join(workdir, SUMMARY_TABLE), table)
   return table
-
-
-def _write_atomic(path, text):
-  directory = os.path.dirname(path) or "."
-  with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory,
-                                   delete=False, prefix=".tmp_") as f:
-    f.write(text)
-  os.replace(f.name, path)
 
 
 def collect(base_config, sweep_members):
