@@ -34,23 +34,34 @@ class _DatasetSpec:
       carry a ".gz" suffix.
     tfds_name: the tensorflow-datasets name of the same data.
     num_classes: number of classes, with labels 0..num_classes - 1.
+    download_hint: the address to download `file_names` from, shown in
+      error messages.
   """
   file_format: str
   file_names: tuple
   tfds_name: str
   num_classes: int
+  download_hint: str
 
 
+# The download addresses are those that tensorflow-datasets 4.9.10 and
+# Keras 3.15 fetch from.
 _DATASETS = {
-    "mnist": _DatasetSpec("idx", _IDX_FILES, "mnist", 10),
-    "fashion_mnist": _DatasetSpec("idx", _IDX_FILES, "fashion_mnist", 10),
+    "mnist": _DatasetSpec(
+        "idx", _IDX_FILES, "mnist", 10,
+        "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+    "fashion_mnist": _DatasetSpec(
+        "idx", _IDX_FILES, "fashion_mnist", 10,
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"),
     "cifar10": _DatasetSpec(
         "cifar10",
         readers.CIFAR10_TRAIN_FILES + (readers.CIFAR10_TEST_FILE,),
-        "cifar10", 10),
+        "cifar10", 10,
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract "
+        "it and pass its cifar-10-batches-py folder)"),
     "svhn": _DatasetSpec(
         "svhn", (readers.SVHN_TRAIN_FILE, readers.SVHN_TEST_FILE),
-        "svhn_cropped", 10),
+        "svhn_cropped", 10, "http://ufldl.stanford.edu/housenumbers/"),
 }
 
 DATASET_NAMES = tuple(_DATASETS)
@@ -213,7 +224,8 @@ def _find_files(spec, folder):
 
   Returns:
     `(paths, missing)`: a dict from each file name in `spec.file_names` to the
-    path found, and the list of file names that were not found.
+    path found, and the list of file names that were not found (without the
+    ".gz" that an IDX file may carry).
   """
   paths, missing = {}, []
   for file_name in spec.file_names:
@@ -225,8 +237,45 @@ def _find_files(spec, folder):
     if found:
       paths[file_name] = found[0]
     else:
-      missing.append(" or ".join(candidates))
+      missing.append(file_name)
   return paths, missing
+
+
+def _expected_files(spec):
+  """Return the file names of `spec` as comma-separated text for messages."""
+  text = ", ".join(spec.file_names)
+  if spec.file_format == "idx":
+    text += " (each may also end in .gz)"
+  return text
+
+
+def _missing_data_dir_message(name, spec, data_dir, missing):
+  """Return the error message for a `data_dir` without the files of `name`.
+
+  Args:
+    name: the dataset name.
+    spec: its `_DatasetSpec`.
+    data_dir: the folder given.
+    missing: the file names not found there, or None when `data_dir` is not
+      a folder.
+  """
+  folder = os.fspath(data_dir)
+  if missing is None:
+    problem = f"--data_dir {folder} does not exist or is not a folder."
+  elif len(missing) == len(spec.file_names):
+    problem = f"--data_dir {folder} contains none of the {name} files."
+  else:
+    noun = "file" if len(missing) == 1 else "files"
+    problem = (f"--data_dir {folder} is missing the {name} {noun} "
+               f"{', '.join(missing)}.")
+  if DEFAULT_DATA_DIRS.get(name):
+    fallback = (f"to search {', '.join(map(str, DEFAULT_DATA_DIRS[name]))} "
+                "and then tensorflow-datasets")
+  else:
+    fallback = "to load it with tensorflow-datasets"
+  return (f"{problem} Pass the folder that directly contains "
+          f"{_expected_files(spec)}, downloaded from {spec.download_hint}, "
+          f"or drop --data_dir {fallback}.")
 
 
 def _read_files(spec, folder, paths):
@@ -249,12 +298,13 @@ def _load_raw(name, spec, data_dir):
                "svhn": "SVHN .mat files"}[spec.file_format]
 
   if data_dir is not None:
+    if not os.path.isdir(data_dir):
+      raise FileNotFoundError(
+          _missing_data_dir_message(name, spec, data_dir, None))
     paths, missing = _find_files(spec, data_dir)
     if missing:
       raise FileNotFoundError(
-          f"data_dir {os.fspath(data_dir)!r} does not contain the {name} "
-          f"files {missing}. Point data_dir at the folder that contains "
-          f"{list(spec.file_names)} themselves.")
+          _missing_data_dir_message(name, spec, data_dir, missing))
     return _read_files(spec, data_dir, paths) + (f"{file_kind} in {data_dir}",)
 
   searched = list(DEFAULT_DATA_DIRS.get(name, ()))
@@ -263,8 +313,8 @@ def _load_raw(name, spec, data_dir):
       continue
     paths, missing = _find_files(spec, folder)
     if missing:
-      logging.warning(
-          "Skipping %s for %s: it lacks %s.", folder, name, missing)
+      logging.warning("Skipping %s for %s: it lacks %s.", folder, name,
+                      ", ".join(missing))
       continue
     return _read_files(spec, folder, paths) + (f"{file_kind} in {folder}",)
 
@@ -277,8 +327,8 @@ def _load_from_tfds(name, spec, searched):
   # (tensorflow-datasets 4.9.10) before it raises.
   logging.info(
       "No local %s files found in %s; trying tensorflow-datasets %r, which "
-      "downloads when the data is not in its cache.", name, searched,
-      spec.tfds_name)
+      "downloads when the data is not in its cache.", name,
+      ", ".join(map(str, searched)) or "no default folder", spec.tfds_name)
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     train, test = tfds.load(
@@ -289,12 +339,16 @@ def _load_from_tfds(name, spec, searched):
   # tfds fails offline with errors from requests, TensorFlow or its own
   # package, so any failure here ends the search with the same advice.
   except Exception as e:  # pylint: disable=broad-except
+    if searched:
+      folders = (f"the default folders {', '.join(map(str, searched))} do "
+                 "not contain its files, and ")
+    else:
+      folders = ""
     raise FileNotFoundError(
-        f"Could not load dataset {name!r}: no data_dir was given, the default "
-        f"folders {searched} did not contain the files, and "
+        f"Could not load dataset {name}: no --data_dir was given, {folders}"
         f"tensorflow-datasets {spec.tfds_name!r} failed with {e!r}. Download "
-        f"the files {list(spec.file_names)} and pass their folder as data_dir "
-        "(--data_dir on the command line).") from e
+        f"{_expected_files(spec)} from {spec.download_hint} and pass their "
+        "folder with --data_dir.") from e
   source = f"tensorflow-datasets {spec.tfds_name!r}"
   return x_train, y_train, x_test, y_test, source
 

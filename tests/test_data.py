@@ -1,5 +1,6 @@
 """Tests for inc_tf.data: dataset loading, subsets, normalisation, pipelines."""
 
+import dataclasses
 import os
 import sys
 import types
@@ -96,10 +97,45 @@ def test_data_dir_missing_files(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
     data.load_dataset("mnist", data_dir=str(tmp_path))
 
+  problem, fix = str(error.value).split(" Pass ", 1)
+  assert problem == (f"--data_dir {tmp_path} is missing the mnist file "
+                     "t10k-labels-idx1-ubyte.")
+  assert ("train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+          "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may also end "
+          "in .gz)") in fix
+  assert "drop --data_dir to load it with tensorflow-datasets" in fix
+  assert "[" not in fix
+
+
+def test_data_dir_empty(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "DEFAULT_DATA_DIRS",
+                      {"fashion_mnist": ("/default/fashion-mnist",)})
+
+  with pytest.raises(FileNotFoundError) as error:
+    data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+
   message = str(error.value)
-  assert str(tmp_path) in message
-  assert "t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz" in message
-  assert "train-images" not in message.split("Point")[0]
+  assert message.startswith(
+      f"--data_dir {tmp_path} contains none of the fashion_mnist files. ")
+  assert "https://storage.googleapis.com/tensorflow/tf-keras-datasets/" in (
+      message)
+  assert message.endswith(
+      "or drop --data_dir to search /default/fashion-mnist and then "
+      "tensorflow-datasets.")
+  assert "[" not in message
+
+
+def test_data_dir_not_a_folder(tmp_path):
+  missing = tmp_path / "nowhere"
+
+  with pytest.raises(FileNotFoundError) as error:
+    data.load_dataset("svhn", data_dir=str(missing))
+
+  message = str(error.value)
+  assert message.startswith(
+      f"--data_dir {missing} does not exist or is not a folder. ")
+  assert "train_32x32.mat, test_32x32.mat" in message
+  assert "http://ufldl.stanford.edu/housenumbers/" in message
 
 
 def test_data_dir_no_fallback(tmp_path, monkeypatch, fake_tfds):
@@ -140,7 +176,7 @@ def test_tfds_fallback(no_default_dirs, fake_tfds):
 def test_tfds_failure_explains(no_default_dirs, fake_tfds, monkeypatch):
   monkeypatch.setitem(
       data._DATASETS, "mnist",
-      data._DatasetSpec("idx", data._IDX_FILES, "offline", 10))
+      dataclasses.replace(data._DATASETS["mnist"], tfds_name="offline"))
 
   with pytest.raises(FileNotFoundError) as error:
     data.load_dataset("mnist")
@@ -148,7 +184,8 @@ def test_tfds_failure_explains(no_default_dirs, fake_tfds, monkeypatch):
   message = str(error.value)
   assert "--data_dir" in message
   assert "storage.googleapis.com" in message
-  assert "train-images-idx3-ubyte" in message
+  assert "train-images-idx3-ubyte, train-labels-idx1-ubyte" in message
+  assert "[" not in message
   assert isinstance(error.value.__cause__, OSError)
 
 
