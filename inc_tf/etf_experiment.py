@@ -428,14 +428,17 @@ def run_flags_text(config):
 
 
 def main(argv):
+  # User errors end in one "Error: ..." line on stderr and exit status 1, as
+  # in `inc_tf.main`.
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(f"Error: unexpected arguments {' '.join(argv[1:])!r}. Pass "
+             "settings as --name=value flags; see --help.")
   try:
     base_config = flags_lib.config_from_flags(sys.argv)
     layer_counts = parse_layer_counts(_ETF_LAYER_COUNTS.value)
     check_layer_counts(base_config, layer_counts)
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    sys.exit(f"Error: {e}")
   if base_config.etf_layers:
     logging.warning("Ignored --etf_layers=%d: this command sets it per run "
                     "from --etf_layer_counts.", base_config.etf_layers)
@@ -445,8 +448,7 @@ def main(argv):
                           onset_override=_UNCONSTRAINED_ONSET.value,
                           flags_text_for=run_flags_text)
   except (ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    return 1
+    sys.exit(f"Error: {e}")
 
   onset = unconstrained_onset(summaries, _UNCONSTRAINED_ONSET.value)
   print(format_table(summaries, onset), end="")

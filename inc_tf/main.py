@@ -12,7 +12,6 @@ resumes an interrupted run.
 import sys
 
 from absl import app
-from absl import logging
 
 from inc_tf import flags as flags_lib
 
@@ -20,12 +19,16 @@ flags_lib.define_flags()
 
 
 def main(argv):
+  # User errors end in one "Error: ..." line on stderr and exit status 1
+  # (`sys.exit` with a string), without a traceback, absl's log prefix or
+  # the module docstring that `app.UsageError` would print.
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(f"Error: unexpected arguments {' '.join(argv[1:])!r}. Pass "
+             "settings as --name=value flags; see --help.")
   try:
     config = flags_lib.config_from_flags(sys.argv)
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    sys.exit(f"Error: {e}")
 
   # Imported after flag parsing so that --help does not start TensorFlow.
   from inc_tf import train  # pylint: disable=g-import-not-at-top
@@ -34,11 +37,10 @@ def main(argv):
   try:
     result = train.run(config, flags_text=flags_lib.flags_text(config))
   except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
-    logging.error("%s", e)
-    return 1
+    sys.exit(f"Error: {e}")
   except KeyboardInterrupt:
-    logging.error("Interrupted. Rerun the same command to resume from the "
-                  "last checkpoint in %s.", config.workdir)
+    print(f"Interrupted. Rerun the same command to resume from the last "
+          f"checkpoint in {config.workdir}.", file=sys.stderr)
     return 130
 
   paths = plots.finish_run(result.workdir)

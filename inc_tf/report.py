@@ -109,13 +109,15 @@ def report(workdir=None, compare=(), out_dir=None, families=plots.FAMILIES):
 
 
 def main(argv):
+  # User errors end in one "Error: ..." line on stderr and exit status 1,
+  # because absl would print the module docstring before an app.UsageError.
   if len(argv) > 1:
-    raise app.UsageError("Unexpected arguments: %s. Pass run directories "
-                         "with --workdir or --compare." % " ".join(argv[1:]))
+    sys.exit("Error: unexpected arguments %r. Pass run directories with "
+             "--workdir or --compare." % " ".join(argv[1:]))
   logging.info("Redrawing figures from %s", FLAGS.workdir or FLAGS.compare)
   try:
     text = report(FLAGS.workdir, FLAGS.compare, FLAGS.out_dir, FLAGS.families)
-  except RunDirectoryError as e:
+  except (RunDirectoryError, app.UsageError) as e:
     sys.exit("Error: %s" % e)
   print(text)
 

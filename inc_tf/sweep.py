@@ -555,14 +555,17 @@ def _check_mode(index, collect_only, num_rates):
 
 
 def main(argv):
+  # User errors end in one "Error: ..." line on stderr and exit status 1, as
+  # in `inc_tf.main`.
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(f"Error: unexpected arguments {' '.join(argv[1:])!r}. Pass "
+             "settings as --name=value flags; see --help.")
   try:
     base_config = flags_lib.config_from_flags(sys.argv)
     _check_mode(_INDEX.value, _COLLECT.value, _NUM_RATES.value)
     rates = learning_rates(_LR_MIN.value, _LR_MAX.value, _NUM_RATES.value)
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    sys.exit(f"Error: {e}")
   sweep_members = members(base_config, rates, _MEASURE_ALL.value)
   logging.info("Sweep over %d rates %s in %s.", len(rates),
                ", ".join(f"{rate:.3g}" for rate in rates), base_config.workdir)
@@ -582,8 +585,7 @@ def main(argv):
                               strategy=default_strategy(),
                               flags_text_for=member_flags_text)
   except (ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    return 1
+    sys.exit(f"Error: {e}")
 
   print(table, end="")
   print(f"Wrote {SUMMARY_JSONL} and {SUMMARY_TABLE} to {base_config.workdir}.")

@@ -4,12 +4,15 @@ import contextlib
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from inc_tf import config as config_lib
 from inc_tf import etf_experiment
+from tests.test_report import REPO
 
 
 def _summary(etf_layers, train, test, total=5, diverged=False, onset=None):
@@ -256,3 +259,15 @@ def test_command_rerun_skips_finished(sweep):
   assert exit_code == 0
   assert history.read_text() == history_before
   assert _read_summary(workdir) == summary_before
+
+
+def test_cli_bad_count_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "inc_tf.etf_experiment",
+       "--etf_layer_counts=0,a", f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+  assert result.returncode == 1
+  assert result.stderr == (
+      "Error: Invalid --etf_layer_counts entry 'a': each entry must be an "
+      "integer >= 0, e.g. --etf_layer_counts=0,1,2.\n")

@@ -184,3 +184,13 @@ def test_no_tensorflow_import():
 
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "False"
+
+
+def test_cli_two_sources_one_line(run_dir):
+  result = run_cli("--workdir=" + run_dir, "--compare=a,b")
+
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[-1].startswith(
+      "Error: Pass exactly one of --workdir=DIR or --compare=DIR1,DIR2; got ")
+  # absl prints the module docstring before an uncaught app.UsageError.
+  assert "Redraw the figures" not in result.stderr

@@ -3,9 +3,11 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
-from absl import app
 from absl import flags
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from inc_tf import config as config_lib
 from inc_tf import sweep
 from tests.test_readers import write_idx
+from tests.test_report import REPO
 
 FLAGS = flags.FLAGS
 
@@ -347,9 +350,32 @@ def test_index_then_collect_match(swept, data_dir, tmp_path, monkeypatch,
   assert any(name.endswith(".png") for name in os.listdir(figures))
 
 
-def test_index_out_of_range(swept, data_dir, tmp_path, monkeypatch):
-  flagfile = tmp_path / "tiny.cfg"
-  flagfile.write_text(_flagfile_text(_base_config(data_dir, tmp_path)))
-  with pytest.raises(app.UsageError, match="pass 0 .. 2"):
-    _run_command([f"--flagfile={flagfile}", *SWEEP_FLAGS,
-                  "--sweep_index=3"], monkeypatch)
+def _run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "inc_tf.sweep", *args],
+                        cwd=REPO, capture_output=True, text=True,
+                        timeout=120, check=False)
+
+
+def test_index_out_of_range(tmp_path):
+  result = _run_cli(*SWEEP_FLAGS, "--sweep_index=3", f"--workdir={tmp_path}")
+
+  assert result.returncode == 1
+  assert result.stderr == (
+      "Error: Invalid --sweep_index 3: the sweep has 3 rates, so pass "
+      "0 .. 2.\n")
+
+
+def test_collect_error_one_line(tmp_path):
+  member = tmp_path / f"lr_0_{RATES[0]:.3g}"
+  member.mkdir()
+  (member / sweep.DIVERGED_FILE).write_text("{")
+
+  result = _run_cli(*SWEEP_FLAGS, "--collect", f"--workdir={tmp_path}")
+
+  # Progress log lines come first; the error is the last line.
+  last_line = result.stderr.splitlines()[-1]
+  assert result.returncode == 1
+  assert last_line.startswith(
+      f"Error: {member / sweep.DIVERGED_FILE} is not valid JSON (")
+  assert last_line.endswith("Delete it to retrain the member.")
+  assert not re.search(r"^E\d{4} ", result.stderr, re.MULTILINE)

@@ -1,0 +1,48 @@
+"""Tests for the error output of `python -m inc_tf.main`."""
+
+import re
+import subprocess
+import sys
+
+from tests.test_report import REPO
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, "-m", "inc_tf.main", *args],
+                        cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+def test_flag_error_one_line(tmp_path):
+  result = run_main("--epochs=2", "--measure_epochs=5",
+                    f"--workdir={tmp_path}")
+
+  assert result.returncode == 1
+  assert result.stderr == (
+      "Error: --measure_epochs lists [5], after the last epoch 2; remove "
+      "them or raise --epochs.\n")
+
+
+def test_unexpected_argument_one_line(tmp_path):
+  result = run_main("extra", f"--workdir={tmp_path}")
+
+  assert result.returncode == 1
+  assert result.stderr == (
+      "Error: unexpected arguments 'extra'. Pass settings as --name=value "
+      "flags; see --help.\n")
+
+
+def test_empty_data_dir_plain_error(tmp_path):
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+
+  result = run_main("--dataset=mnist", f"--data_dir={data_dir}",
+                    "--epochs=1", f"--workdir={tmp_path / 'run'}")
+
+  last_line = result.stderr.splitlines()[-1]
+  assert result.returncode == 1
+  assert last_line.startswith(
+      f"Error: --data_dir {data_dir} contains none of the mnist files. ")
+  assert "Traceback" not in result.stderr
+  # absl log lines start with the level letter and the date, e.g. E1204.
+  assert not re.search(r"^[EF]\d{4} .*data_dir", result.stderr, re.MULTILINE)
