@@ -55,7 +55,8 @@ PANEL_WIDTH = 3.5  # Inches.
 PANEL_HEIGHT = 1.5  # Inches.
 SAVE_DPI = 200
 TENSORBOARD_DPI = 100
-_STYLE = {
+# Matplotlib rc settings of every inc_tf figure, `etf_experiment`'s included.
+STYLE = {
     "font.size": 8,
     "axes.titlesize": 8,
     "axes.labelsize": 8,
@@ -114,15 +115,33 @@ def _epoch_label(epoch, baseline):
   return "epoch %d" % epoch
 
 
-def _add_legend(ax, handles, title=None, anchor=1.0, loc="upper left"):
-  """Add a legend right of `ax`, outside the data, keeping earlier legends."""
-  if not handles:
+def _add_legend(ax, *groups, title=None):
+  """Add the one legend of `ax` right of it, outside the data.
+
+  Each group of handles gets its own column of that legend. Two separate
+  legends stacked beside a short panel can overlap, so no axes gets a
+  second one. The constrained layout makes room for the legend.
+
+  Args:
+    ax: The axes.
+    *groups: Sequences of legend handles, one column each; empty ones are
+      left out.
+    title: Legend title, or None.
+  """
+  groups = [list(group) for group in groups if group]
+  if not groups:
     return
-  if ax.get_legend() is not None:
-    ax.add_artist(ax.get_legend())
-  ax.legend(handles=handles, title=title, loc=loc,
-            bbox_to_anchor=(1.02, anchor), borderaxespad=0.0, frameon=False,
-            handlelength=2.2)
+  rows = max(len(group) for group in groups)
+  handles = []
+  for group in groups:
+    # Blank entries fill up the shorter columns, because matplotlib fills a
+    # multi-column legend column by column.
+    blanks = [mpl_lines.Line2D([], [], linestyle="none", label="")
+              for _ in range(rows - len(group))]
+    handles.extend(group + blanks)
+  ax.legend(handles=handles, title=title, loc="upper left", ncols=len(groups),
+            bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+            handlelength=2.2, columnspacing=1.0)
 
 
 def _epoch_handles(epochs, colors, baseline=False):
@@ -300,10 +319,9 @@ def _draw_nc1(run, axes):
     drawn |= _plot_epochs(top, run, key, epochs, colors, log=True,
                           linestyle=linestyle)
   _set_metric_axis(top, "trace", log=True, drawn=drawn)
-  _add_legend(top, _epoch_handles(epochs, colors))
-  _add_legend(top, _style_handles([
+  _add_legend(top, _epoch_handles(epochs, colors), _style_handles([
       ("trace_within", ":", "k"), ("trace_between", "--", "k"),
-      ("trace_total", "-", "k")]), anchor=0.0, loc="lower left")
+      ("trace_total", "-", "k")]))
 
   drawn = False
   for key, linestyle in (("within_fraction", ":"), ("between_fraction", "--")):
@@ -324,7 +342,7 @@ def _draw_nc1(run, axes):
   if test_drawn:
     styles.append(("within_fraction,\ntest, epoch %d" % final_epoch, ":",
                    _TEST_COLOR))
-  _add_legend(bottom, _style_handles(styles), anchor=1.0)
+  _add_legend(bottom, _style_handles(styles))
   _finish_probe_axes(run, axes)
 
 
@@ -505,7 +523,7 @@ def _family_figure(family, runs):
     A `matplotlib.figure.Figure`.
   """
   num_panels, draw = _PANELS[family]
-  with matplotlib.rc_context(_STYLE):
+  with matplotlib.rc_context(STYLE):
     # The extra 1.3 in per column is room for the legends right of it.
     fig = mpl_figure.Figure(
         figsize=((PANEL_WIDTH + 1.3) * len(runs),
@@ -594,7 +612,7 @@ def save_figures(figs, out_dir):
   """
   os.makedirs(out_dir, exist_ok=True)
   paths = []
-  with matplotlib.rc_context(_STYLE):
+  with matplotlib.rc_context(STYLE):
     for family, fig in figs.items():
       png_path = os.path.join(out_dir, family + ".png")
       pdf_path = os.path.join(out_dir, family + ".pdf")
@@ -608,8 +626,8 @@ def save_figures(figs, out_dir):
       finally:
         fig.set_layout_engine(engine)
       paths.extend([png_path, pdf_path])
-  logging.info("Wrote %d figure(s) as PNG and PDF to %s", len(figs),
-               out_dir)
+  logging.info("Wrote %d %s as PNG and PDF to %s", len(figs),
+               "figure" if len(figs) == 1 else "figures", out_dir)
   return paths
 
 
@@ -674,7 +692,7 @@ def finish_run(workdir, tensorboard=True):
 def render_png(fig, dpi=TENSORBOARD_DPI):
   """Return the PNG encoding of `fig` at `dpi`, as bytes."""
   buffer = io.BytesIO()
-  with matplotlib.rc_context(_STYLE):
+  with matplotlib.rc_context(STYLE):
     fig.savefig(buffer, format="png", dpi=dpi)
   return buffer.getvalue()
 
@@ -698,5 +716,5 @@ def write_tensorboard_images(figs, logdir, step, dpi=TENSORBOARD_DPI):
       image = tf.io.decode_png(render_png(fig, dpi), channels=3)
       tf.summary.image("figures/" + family, image[tf.newaxis], step=step)
   writer.close()
-  logging.info("Wrote %d figure images to %s at step %d", len(figs), logdir,
-               step)
+  logging.info("Wrote %d figure %s to %s at step %d", len(figs),
+               "image" if len(figs) == 1 else "images", logdir, step)

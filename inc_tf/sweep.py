@@ -567,7 +567,8 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"Error: {e}")
   sweep_members = members(base_config, rates, _MEASURE_ALL.value)
-  logging.info("Sweep over %d rates %s in %s.", len(rates),
+  logging.info("Sweep over %d learning %s (%s) in %s.", len(rates),
+               "rate" if len(rates) == 1 else "rates",
                ", ".join(f"{rate:.3g}" for rate in rates), base_config.workdir)
 
   try:

@@ -1,9 +1,13 @@
 """Tests for inc_tf.plots and inc_tf.rundir on hand-written run directories."""
 
+import itertools
 import json
+import logging
 import os
 
 import matplotlib.image
+from matplotlib import legend as mpl_legend
+from matplotlib.backends import backend_agg
 import pytest
 
 from inc_tf import plots
@@ -462,3 +466,62 @@ def test_tensorboard_images(figs, tmp_path):
   assert step == 10
   assert (int(width), int(height)) == (expected_width, expected_height)
   assert decoded.shape == (expected_height, expected_width, 3)
+
+
+def legend_and_axes_boxes(fig):
+  """Draw `fig` and return the display boxes of its legends and its axes."""
+  backend_agg.FigureCanvasAgg(fig).draw()
+  renderer = fig.canvas.get_renderer()
+  legends = [child.get_window_extent(renderer) for ax in fig.axes
+             for child in ax.get_children()
+             if isinstance(child, mpl_legend.Legend)]
+  axes = [ax.get_window_extent(renderer) for ax in fig.axes]
+  return legends, axes
+
+
+@pytest.mark.parametrize("columns", [1, 2])
+def test_nc1_legends_do_not_overlap(tmp_path, columns):
+  # Eleven epochs put six epoch entries in the trace panel's legend,
+  # beside the three line styles, in a 1.5 in high panel.
+  runs = []
+  for column in range(columns):
+    workdir = str(tmp_path / ("run%d" % column))
+    write_run(workdir, epochs=tuple(range(11)))
+    runs.append(rundir.load_run(workdir))
+
+  fig = plots.compare_figures(runs, families=("nc1",))["nc1"]
+  legends, axes = legend_and_axes_boxes(fig)
+
+  for first, second in itertools.combinations(legends, 2):
+    assert not first.overlaps(second)
+  for legend, ax in itertools.product(legends, axes):
+    assert not legend.overlaps(ax)
+  for legend in legends:
+    assert fig.bbox.x0 <= legend.x0
+    assert legend.x1 <= fig.bbox.x1
+  assert len(legends) == 2 * columns
+
+
+def test_trace_legend_style_column(figs):
+  fig = figs["nc1"]
+  backend_agg.FigureCanvasAgg(fig).draw()
+  texts = fig.axes[0].get_legend().get_texts()
+  right_edges = [text.get_window_extent().x1 for text in texts[:3]]
+  left_edges = [text.get_window_extent().x0 for text in texts[3:]]
+
+  assert [text.get_text() for text in texts] == [
+      "epoch 0", "epoch 5", "epoch 10",
+      "trace_within", "trace_between", "trace_total"]
+  assert max(right_edges) < min(left_edges)
+
+
+@pytest.mark.parametrize("families, expected", [
+    (("nc3",), "Wrote 1 figure as PNG and PDF"),
+    (("nc3", "nc4"), "Wrote 2 figures as PNG and PDF"),
+])
+def test_save_figures_log_count(figs, tmp_path, caplog, families, expected):
+  caplog.set_level(logging.INFO)
+
+  plots.save_figures({f: figs[f] for f in families}, str(tmp_path))
+
+  assert any(r.getMessage().startswith(expected) for r in caplog.records)
