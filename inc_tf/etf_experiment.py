@@ -45,11 +45,11 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import logging as std_logging
 import matplotlib
 from matplotlib import figure as mpl_figure
 
 from inc_tf import flags as flags_lib
+from inc_tf import plots
 from inc_tf import records
 
 flags_lib.define_flags()
@@ -58,25 +58,11 @@ SUMMARY_JSONL = "etf_summary.jsonl"
 SUMMARY_TABLE = "etf_summary.txt"
 FIGURE_NAME = "etf_accuracy"
 ONSET_GID = "unconstrained_onset"
-ONSET_COLOR = "tab:green"
-# Saving a PDF subsets its fonts with fontTools, which logs hundreds of INFO
-# lines per file through absl's handler otherwise.
-std_logging.getLogger("fontTools").setLevel(std_logging.WARNING)
+ONSET_COLOR = plots.ONSET_COLOR
 
 SPLIT_COLORS = {"train": "tab:blue", "test": "tab:orange"}
 FIGURE_SIZE = (3.5, 2.4)  # Inches: one paper column.
-SAVE_DPI = 200
-# Font sizes in points for a figure printed at FIGURE_SIZE.
-_STYLE = {
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "legend.fontsize": 7,
-    # TrueType fonts keep the PDF's text editable and searchable.
-    "pdf.fonttype": 42,
-}
+SAVE_DPI = plots.SAVE_DPI
 
 _ETF_LAYER_COUNTS = flags.DEFINE_list(
     "etf_layer_counts", None,
@@ -300,7 +286,7 @@ def draw_figure(summaries, onset=None, title=None):
     A `matplotlib.figure.Figure`. The onset line has gid `ONSET_GID`, and
     each accuracy line has the split ("train", "test") as its label.
   """
-  with matplotlib.rc_context(_STYLE):
+  with matplotlib.rc_context(plots.STYLE):
     return _draw_figure(summaries, onset, title)
 
 
@@ -333,7 +319,6 @@ def _draw_figure(summaries, onset, title):
   ax.set_ylabel("final accuracy")
   if ordered:
     ax.set_xticks(sorted({s["layers_trained"] for s in ordered}))
-  ax.grid(True, alpha=0.3, linewidth=0.5)
   ax.legend(loc="best")
   if title:
     ax.set_title(title)
@@ -363,7 +348,7 @@ def write_summary(workdir, summaries, onset=None, title=None):
   records.write_text_atomic(os.path.join(workdir, SUMMARY_TABLE), table)
 
   figure = draw_figure(ordered, onset, title)
-  with matplotlib.rc_context(_STYLE):
+  with matplotlib.rc_context(plots.STYLE):
     for extension in ("png", "pdf"):
       figure.savefig(os.path.join(workdir, f"{FIGURE_NAME}.{extension}"),
                      dpi=SAVE_DPI)

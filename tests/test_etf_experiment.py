@@ -12,6 +12,7 @@ import pytest
 
 from inc_tf import config as config_lib
 from inc_tf import etf_experiment
+from inc_tf import plots
 from tests.test_report import REPO
 
 
@@ -135,6 +136,14 @@ def test_figure_lines_and_onset():
   assert len(onset_lines) == 1
   assert list(onset_lines[0].get_xdata()) == [3, 3]
   assert ax.get_xlabel() == "layers trained"
+
+
+def test_figure_uses_plots_style(monkeypatch):
+  monkeypatch.setitem(plots.STYLE, "axes.labelsize", 5.0)
+
+  figure = etf_experiment.draw_figure(_sweep(), onset=3)
+
+  assert figure.axes[0].xaxis.label.get_fontsize() == 5.0
 
 
 def test_figure_without_onset():
