@@ -520,7 +520,7 @@ def test_trace_legend_style_column(figs):
     (("nc3", "nc4"), "Wrote 2 figures as PNG and PDF"),
 ])
 def test_save_figures_log_count(figs, tmp_path, caplog, families, expected):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
 
   plots.save_figures({f: figs[f] for f in families}, str(tmp_path))
 
