@@ -10,7 +10,8 @@ on the per-batch forward), and the ratio is printed against both. The
 measurement compiles its batch step with XLA as `--jit_compile` says
 (default "auto": on, because the benchmark runs one replica).
 Both are timed after one warm-up call, so tracing is excluded; the first
-(cold) measurement time is printed too. Models are freshly initialised: the
+(cold) measurement time is printed too. Measurements and inference passes
+alternate, and the printed ratio is the median over `--repeats` pairs. Models are freshly initialised: the
 cost of the metrics does not depend on the weights.
 
 Models:
@@ -67,8 +68,9 @@ _CONV_SUBSET = flags.DEFINE_integer(
 _MODELS = flags.DEFINE_list("models", ["mlp", "convnet"],
                             "Models to benchmark: mlp, convnet.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per method; the "
-                                "median is reported.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Paired runs (inference passes, then one measurement); "
+    "the median ratio is reported.", lower_bound=1)
 
 NUM_CLASSES = 10
 
@@ -110,13 +112,17 @@ def _inference_pass(model, jit_compile):
   return run
 
 
-def _median_seconds(function, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    function()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+def _seconds(function):
+  start = time.perf_counter()
+  function()
+  return time.perf_counter() - start
+
+
+def _spread(values, unit):
+  """Format `values` as `median (min-max)` with `unit`."""
+  unit = f" {unit}" if unit else ""
+  return (f"{statistics.median(values):6.2f}{unit} "
+          f"({min(values):.2f}-{max(values):.2f})")
 
 
 def _peak_rss_growth_mib(function):
@@ -151,26 +157,34 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test):
     inferences[xla](train).numpy()
     inferences[xla](test).numpy()
 
-  start = time.perf_counter()
-  streaming.measure(train, test)
-  cold = time.perf_counter() - start
+  cold = _seconds(lambda: streaming.measure(train, test))
   for xla in (False, True):
     infer(xla)
 
-  measure_seconds = _median_seconds(
-      lambda: streaming.measure(train, test), _REPEATS.value)
-  infer_seconds = {
-      xla: _median_seconds(lambda: infer(xla), _REPEATS.value)  # pylint: disable=cell-var-from-loop
-      for xla in (False, True)}
+  # Runs alternate, and each ratio compares a measurement with the inference
+  # passes timed right before it, so that slow phases of a shared machine
+  # hit both sides of a ratio.
+  measure_times, infer_times, ratios = [], {False: [], True: []}, {
+      False: [], True: []}
+  for _ in range(_REPEATS.value):
+    for xla in (False, True):
+      infer_times[xla].append(_seconds(lambda: infer(xla)))  # pylint: disable=cell-var-from-loop
+    measure_times.append(_seconds(lambda: streaming.measure(train, test)))
+    for xla in (False, True):
+      ratios[xla].append(measure_times[-1] / infer_times[xla][-1])
+
   print(f"{name}: {len(x_train)} train + {len(x_test)} test images, batch "
-        f"{batch_size}, measurement jit_compile={_JIT.value}")
-  print(f"  inference pass, no XLA (both splits): {infer_seconds[False]:8.2f} s")
-  print(f"  inference pass, XLA (both splits):    {infer_seconds[True]:8.2f} s")
-  print(f"  full measurement:                     {measure_seconds:8.2f} s "
+        f"{batch_size}, measurement jit_compile={_JIT.value}, "
+        f"{_REPEATS.value} paired runs (median, min-max)")
+  for xla in (False, True):
+    label = "XLA" if xla else "no XLA"
+    print(f"  inference pass, {label:6s} (both splits): "
+          f"{_spread(infer_times[xla], 's')}")
+  print(f"  full measurement:                    {_spread(measure_times, 's')} "
         f"(first call with tracing {cold:.2f} s)")
   for xla in (False, True):
     print(f"  ratio measurement / inference ({'XLA' if xla else 'no XLA'}): "
-          f"{measure_seconds / infer_seconds[xla]:.2f}")
+          f"{_spread(ratios[xla], '')}")
 
   for size in (len(x_train) // 4, len(x_train)):
     small_train = data_lib.eval_batches(x_train[:size], y_train[:size],

@@ -541,6 +541,11 @@ def _gather_batches(indices, x, y, batch_size):
   # The pipeline reads no files, so a distributed input shards by batch.
   options.experimental_distribute.auto_shard_policy = (
       tf.data.experimental.AutoShardPolicy.DATA)
+  # In TF 2.21 the default graph rewrites serialise the pipeline together
+  # with the captured image tensor. That makes a temporary copy of the whole
+  # split each time an iterator is created, and this pipeline gains nothing
+  # from them.
+  options.experimental_optimization.apply_default_optimizations = False
   return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

@@ -276,3 +276,72 @@ def test_invalid_jit_compile_raises():
 
   with pytest.raises(ValueError, match="jit_compile must be"):
     measurement.StreamingMeasurement(model, jit_compile="yes")
+
+
+@pytest.mark.parametrize("dim", [1, 100, 255, 256, 784, 1024, 4096])
+def test_triangle_blocks_partition(dim):
+  ranges = measurement.triangle_blocks(dim)
+
+  assert ranges[0][0] == 0
+  assert ranges[-1][1] == dim
+  for (_, stop), (start, _) in zip(ranges, ranges[1:]):
+    assert stop == start
+  assert len(ranges) <= measurement.SCATTER_MAX_BLOCKS
+  if dim >= 2 * measurement.SCATTER_BLOCK_MIN_WIDTH:
+    assert len(ranges) > 1
+
+
+def test_assemble_symmetric_matches_full_product():
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(40, 300))
+  ranges = measurement.triangle_blocks(300, min_width=64)
+  blocks = [features[:, start:stop].T @ features[:, start:]
+            for start, stop in ranges]
+
+  assembled = measurement.assemble_symmetric(blocks, ranges)
+
+  assert len(ranges) == 4
+  np.testing.assert_allclose(assembled, features.T @ features, rtol=1e-12)
+
+
+def test_blocked_scatter_over_chunks_matches_arrays(monkeypatch):
+  # A 300-wide point splits into 4 scatter blocks, and 2-batch chunks make
+  # the pass fold its float32 blocks into float64 several times.
+  monkeypatch.setattr(measurement, "SCATTER_BLOCK_MIN_WIDTH", 64)
+  monkeypatch.setattr(measurement, "FOLD_BATCHES", 2)
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((300,))
+  features = keras.layers.Dense(300, activation="relu", name="dense_1")(inputs)
+  logits = keras.layers.Dense(NUM_CLASSES, name="classifier")(features)
+  model = keras.Model(inputs, logits)
+  images, labels = make_data((300,), num_samples=230, offset=50.0)
+
+  results = measurement.measure(model, batches(images, labels, batch_size=16))
+
+  expected = array_metrics(model, images, labels)
+  for streamed, reference in zip(results["train"], expected):
+    assert streamed["feature_stable_rank"] is not None
+    assert_results_match(streamed, reference, rtol=1e-4)
+
+
+def test_two_replicas_one_sample_batch(two_replicas, one_replica):
+  # The last batch has one sample, so the second replica gets no rows.
+  images, labels = make_data((6,), num_samples=203, offset=50.0)
+  with two_replicas.scope():
+    keras.utils.set_random_seed(0)
+    model = tiny_mlp()
+
+  two = measurement.measure(model, batches(images, labels, batch_size=101),
+                            strategy=two_replicas)
+  one = measurement.measure(model, batches(images, labels, batch_size=101),
+                            strategy=one_replica)
+
+  # Both are held to the float64 reference: the one-replica step runs under
+  # XLA, whose tanh differs slightly, so they may differ by twice the
+  # tolerance from each other.
+  expected = array_metrics(model, images, labels)
+  assert two["train"][0]["num_samples"] == 203
+  for replicated, single, reference in zip(two["train"], one["train"],
+                                           expected):
+    assert_results_match(replicated, reference, rtol=1e-4)
+    assert_results_match(single, reference, rtol=1e-4)
