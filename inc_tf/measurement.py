@@ -33,6 +33,7 @@ The small corrections for the shift (`- sum_c r_c r_c^T / n_c`) and all
 metric formulas run on the host in float64.
 """
 
+import concurrent.futures
 import dataclasses
 from typing import Optional
 
@@ -188,6 +189,16 @@ class StreamingMeasurement:
       `"test"` is an empty list without a test dataset.
     """
     layouts = self._layouts()
+    with _host_executor(self._strategy) as host:
+      spectra = [
+          host.submit(metrics.dense_kernel_spectrum, layout.kernel,
+                      max(self._num_classes - 1, 1))
+          if layout.kernel.ndim == 2 else None for layout in layouts]
+      return self._measure(train_dataset, test_dataset, layouts, host,
+                           spectra)
+
+  def _measure(self, train_dataset, test_dataset, layouts, host, spectra):
+    """Run the passes of `measure`, with finalisation on `host`."""
     num_classes = self._num_classes
 
     # Pass 1: class sums around first-batch class means.
@@ -268,13 +279,16 @@ class StreamingMeasurement:
         train_stats[position].lambda_max = metrics.krylov_lambda_max(
             *krylov[position]) / counts.sum()
 
-    results = {"train": [], "test": []}
-    for layout, stats in zip(layouts, train_stats):
-      results["train"].append(self._finalize(layout, stats, with_kernel=True))
+    train_results = [
+        host.submit(self._finalize, layout, stats, with_kernel=True,
+                    spectrum=spectrum)
+        for layout, stats, spectrum in zip(layouts, train_stats, spectra)]
 
+    results = {"train": [], "test": []}
     if test_dataset is not None:
       results["test"] = self._measure_test(test_dataset, layouts, train_means,
                                            counts)
+    results["train"] = [result.result() for result in train_results]
     return results
 
   def _measure_test(self, test_dataset, layouts, train_means, train_counts):
@@ -303,12 +317,14 @@ class StreamingMeasurement:
                  int(counts.sum()))
     return test_results
 
-  def _finalize(self, layout, stats, with_kernel):
+  def _finalize(self, layout, stats, with_kernel, spectrum=None):
+    """Return the metrics of one point; `spectrum` is a future or None."""
     result = {"layer": layout.name, "index": layout.index}
     result.update(metrics.finalize(
         stats, self._num_classes,
         kernel=layout.kernel if with_kernel else None,
-        is_classifier=layout.is_classifier))
+        is_classifier=layout.is_classifier,
+        kernel_spectrum=spectrum.result() if spectrum is not None else None))
     return result
 
   def _check_counts(self, totals, split):
@@ -621,6 +637,52 @@ def assemble_symmetric(blocks, ranges):
   for block, (start, stop) in zip(blocks, ranges):
     upper[start:stop, start:] = block
   return np.triu(upper) + np.triu(upper, 1).T
+
+
+class _InlineExecutor:
+  """Runs each submitted call at once, in the calling thread."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    return False
+
+  def submit(self, function, *args, **kwargs):
+    future = concurrent.futures.Future()
+    try:
+      future.set_result(function(*args, **kwargs))
+    except Exception as error:  # pylint: disable=broad-exception-caught
+      future.set_exception(error)
+    return future
+
+
+def runs_on_accelerators(strategy):
+  """Return whether the replicas of `strategy` run on GPUs or TPUs."""
+  try:
+    devices = strategy.extended.worker_devices
+  except RuntimeError:
+    # The default strategy lists no devices; its ops run on a visible GPU.
+    return bool(tf.config.list_logical_devices("GPU")
+                or tf.config.list_logical_devices("TPU"))
+  return all("GPU" in device.upper() or "TPU" in device.upper()
+             for device in devices)
+
+
+def _host_executor(strategy):
+  """Return the executor that runs the host-side metric computations.
+
+  With accelerator replicas, one thread computes the kernel spectra while
+  the passes run and the training metrics while the test pass runs (SciPy's
+  LAPACK calls release the GIL). On CPU replicas that thread competed with
+  the passes for the cores: OpenBLAS threads spin while they wait, and a
+  measurement on 2 cores took longer than without it, so the work runs in
+  order there.
+  """
+  if runs_on_accelerators(strategy):
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="inc_tf_metrics")
+  return _InlineExecutor()
 
 
 def _as_tensor(array):

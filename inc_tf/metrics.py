@@ -559,7 +559,8 @@ def default_is_classifier(kernel, num_classes):
           and np.shape(kernel)[1] == num_classes)
 
 
-def finalize(stats, num_classes, kernel=None, is_classifier=None):
+def finalize(stats, num_classes, kernel=None, is_classifier=None,
+             kernel_spectrum=None):
   """Compute every metric that `stats` and `kernel` determine.
 
   Args:
@@ -571,6 +572,9 @@ def finalize(stats, num_classes, kernel=None, is_classifier=None):
     is_classifier: Whether the layer is the classifier (adds `self_duality`
       and `am_alignment`). Defaults to `default_is_classifier(kernel,
       num_classes)`.
+    kernel_spectrum: `dense_kernel_spectrum(kernel, max(num_classes - 1, 1))`
+      of a Dense `kernel`, computed beforehand (for example while the data
+      passes run). Defaults to None: computed here.
 
   Returns:
     A dict with the keys of `COUNT_KEYS` and the applicable keys of
@@ -598,8 +602,10 @@ def finalize(stats, num_classes, kernel=None, is_classifier=None):
     kernel_left = singular_values = None
     if kernel.ndim == 2:
       # One decomposition serves both the alignment and the weight spectrum.
-      singular_values, kernel_left = dense_kernel_spectrum(
-          kernel, max(num_classes - 1, 1))
+      if kernel_spectrum is None:
+        kernel_spectrum = dense_kernel_spectrum(
+            kernel, max(num_classes - 1, 1))
+      singular_values, kernel_left = kernel_spectrum
     results.update(_alignment(stats, kernel, kernel_left))
     results.update(_weight_metrics(kernel, num_classes, singular_values))
     if is_classifier:

@@ -345,3 +345,23 @@ def test_two_replicas_one_sample_batch(two_replicas, one_replica):
                                            expected):
     assert_results_match(replicated, reference, rtol=1e-4)
     assert_results_match(single, reference, rtol=1e-4)
+
+
+def test_host_thread_matches_inline(monkeypatch):
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+  test_images, test_labels = make_data((6,), num_samples=90, seed=1)
+  inline = measurement.measure(model, batches(images, labels),
+                               batches(test_images, test_labels))
+
+  monkeypatch.setattr(measurement, "runs_on_accelerators",
+                      lambda strategy: True)
+  threaded = measurement.measure(model, batches(images, labels),
+                                 batches(test_images, test_labels))
+
+  assert threaded == inline
+
+
+def test_cpu_replicas_are_not_accelerators(two_replicas):
+  assert not measurement.runs_on_accelerators(two_replicas)
