@@ -164,8 +164,9 @@ def config_from_flags(argv=()):
   late = [e for e in measure_epochs if e > FLAGS.epochs]
   if late:
     raise ValueError(
-        f"--measure_epochs lists {late}, after the last epoch "
-        f"{FLAGS.epochs}; remove them or raise --epochs.")
+        f"--measure_epochs lists epochs after the last epoch "
+        f"{FLAGS.epochs}: {', '.join(str(e) for e in late)}. Remove them or "
+        "raise --epochs.")
   return config_lib.RunConfig(
       dataset=FLAGS.dataset,
       data_dir=FLAGS.data_dir,

@@ -19,8 +19,8 @@ def test_flag_error_one_line(tmp_path):
 
   assert result.returncode == 1
   assert result.stderr == (
-      "Error: --measure_epochs lists [5], after the last epoch 2; remove "
-      "them or raise --epochs.\n")
+      "Error: --measure_epochs lists epochs after the last epoch 2: 5. "
+      "Remove them or raise --epochs.\n")
 
 
 def test_unexpected_argument_one_line(tmp_path):
