@@ -35,7 +35,7 @@ loaded, and says so.
 
 Run: python bench/metric_pass.py [--subset=60000] [--test_subset=10000]
   [--conv_subset=2000] [--models=mlp,convnet] [--batch_size=128]
-  [--repeats=3] [--jit_compile=auto]
+  [--repeats=3] [--jit_compile=auto] [--max_covariance_dim=4096]
 """
 
 import os
@@ -62,6 +62,11 @@ _TEST_SUBSET = flags.DEFINE_integer(
 _JIT = flags.DEFINE_enum(
     "jit_compile", "auto", ["auto", "true", "false"],
     "XLA for the measurement's batch step; see StreamingMeasurement.")
+_MAX_COVARIANCE_DIM = flags.DEFINE_integer(
+    "max_covariance_dim", 4096, "Widest point whose p x p scatter the "
+    "measurement forms (exact lambda_max); wider points use the Krylov "
+    "estimate. Below 1024 the whole MLP takes the Krylov path.",
+    lower_bound=1)
 _CONV_SUBSET = flags.DEFINE_integer(
     "conv_subset", 2000, "Training images for the ConvNet; the test split "
     "uses as many, at most 10,000.", lower_bound=128)
@@ -113,9 +118,10 @@ def _inference_pass(model, jit_compile):
 
 
 def _seconds(function):
-  start = time.perf_counter()
+  """Run `function` and return `(wall, cpu)`: elapsed and process CPU seconds."""
+  start, start_cpu = time.perf_counter(), time.process_time()
   function()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def _spread(values, unit):
@@ -150,41 +156,46 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test):
   train = data_lib.eval_batches(x_train, y_train, batch_size)
   test = data_lib.eval_batches(x_test, y_test, batch_size)
   jit_compile = {"auto": "auto", "true": True, "false": False}[_JIT.value]
-  streaming = measurement.StreamingMeasurement(model, jit_compile=jit_compile)
+  streaming = measurement.StreamingMeasurement(
+      model, jit_compile=jit_compile,
+      max_covariance_dim=_MAX_COVARIANCE_DIM.value)
   inferences = {xla: _inference_pass(model, xla) for xla in (False, True)}
 
   def infer(xla):
     inferences[xla](train).numpy()
     inferences[xla](test).numpy()
 
-  cold = _seconds(lambda: streaming.measure(train, test))
+  cold = _seconds(lambda: streaming.measure(train, test))[0]
   for xla in (False, True):
     infer(xla)
 
   # Runs alternate, and each ratio compares a measurement with the inference
   # passes timed right before it, so that slow phases of a shared machine
-  # hit both sides of a ratio.
-  measure_times, infer_times, ratios = [], {False: [], True: []}, {
-      False: [], True: []}
+  # hit both sides of a ratio. CPU seconds are printed too: when another
+  # tenant takes a core, wall time nearly doubles but CPU time does not.
+  measure_times, infer_times = [], {False: [], True: []}
   for _ in range(_REPEATS.value):
     for xla in (False, True):
       infer_times[xla].append(_seconds(lambda: infer(xla)))  # pylint: disable=cell-var-from-loop
     measure_times.append(_seconds(lambda: streaming.measure(train, test)))
-    for xla in (False, True):
-      ratios[xla].append(measure_times[-1] / infer_times[xla][-1])
 
   print(f"{name}: {len(x_train)} train + {len(x_test)} test images, batch "
         f"{batch_size}, measurement jit_compile={_JIT.value}, "
+        f"max_covariance_dim={_MAX_COVARIANCE_DIM.value}, "
         f"{_REPEATS.value} paired runs (median, min-max)")
-  for xla in (False, True):
-    label = "XLA" if xla else "no XLA"
-    print(f"  inference pass, {label:6s} (both splits): "
-          f"{_spread(infer_times[xla], 's')}")
-  print(f"  full measurement:                    {_spread(measure_times, 's')} "
-        f"(first call with tracing {cold:.2f} s)")
-  for xla in (False, True):
-    print(f"  ratio measurement / inference ({'XLA' if xla else 'no XLA'}): "
-          f"{_spread(ratios[xla], '')}")
+  for clock, column in (("wall", 0), ("CPU", 1)):
+    for xla in (False, True):
+      label = "XLA" if xla else "no XLA"
+      print(f"  inference pass, {label:6s}, {clock:4s} seconds: "
+            f"{_spread([t[column] for t in infer_times[xla]], 's')}")
+    print(f"  full measurement,       {clock:4s} seconds: "
+          f"{_spread([t[column] for t in measure_times], 's')}")
+    for xla in (False, True):
+      ratios = [m[column] / i[column]
+                for m, i in zip(measure_times, infer_times[xla])]
+      print(f"  ratio measurement / inference ({'XLA' if xla else 'no XLA'}, "
+            f"{clock}): {_spread(ratios, '')}")
+  print(f"  first measurement, with tracing: {cold:.2f} s wall")
 
   for size in (len(x_train) // 4, len(x_train)):
     small_train = data_lib.eval_batches(x_train[:size], y_train[:size],
