@@ -454,6 +454,36 @@ def test_dense_kernel_spectrum_matches_svd(rows, cols):
   np.testing.assert_allclose(cosines, 1.0, atol=1e-10)
 
 
+def test_kernel_spectrum_equal_top_values():
+  # The top 9 singular values are equal, as for an ETF layer, so only the
+  # span of the vectors is determined.
+  rng = np.random.default_rng(0)
+  basis, _ = np.linalg.qr(rng.normal(size=(300, 9)))
+  kernel = np.zeros((300, 320))
+  kernel[:, :9] = 3.0 * basis
+  kernel += 1e-3 * rng.normal(size=kernel.shape)
+
+  singular_values, left = metrics.dense_kernel_spectrum(kernel, 9)
+
+  left_svd, exact, _ = np.linalg.svd(kernel, full_matrices=False)
+  np.testing.assert_allclose(singular_values, exact, rtol=1e-9, atol=1e-12)
+  cosines = np.linalg.svd(left_svd[:, :9].T @ left, compute_uv=False)
+  np.testing.assert_allclose(cosines, 1.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dim", [100, 400])
+def test_largest_eigenvalue_small_gap(dim):
+  # 400 is above EIGH_MAX_DIM, so Lanczos runs. A second eigenvalue only
+  # 1e-4 (relative) below the first makes it converge slowly.
+  rng = np.random.default_rng(0)
+  basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+  eigenvalues = np.concatenate(
+      [[10.0, 10.0 - 1e-3], rng.uniform(0.0, 9.0, dim - 2)])
+  matrix = (basis * eigenvalues) @ basis.T
+
+  assert metrics._largest_eigenvalue(matrix) == pytest.approx(10.0, rel=1e-12)
+
+
 def test_dense_kernel_spectrum_of_low_rank():
   rng = np.random.default_rng(0)
   kernel = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 400))
