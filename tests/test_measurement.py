@@ -302,11 +302,13 @@ def test_assemble_symmetric_matches_full_product():
 
   assert len(ranges) == 4
   np.testing.assert_allclose(assembled, features.T @ features, rtol=1e-12)
+  np.testing.assert_array_equal(assembled, assembled.T)
 
 
 def test_blocked_scatter_over_chunks_matches_arrays(monkeypatch):
-  # A 300-wide point splits into 4 scatter blocks, and 2-batch chunks make
-  # the pass fold its float32 blocks into float64 several times.
+  # A 300-wide point splits into 4 scatter blocks, and one-step chunks (of
+  # 4 batches) make the pass fold its float32 blocks into float64 several
+  # times.
   monkeypatch.setattr(measurement, "SCATTER_BLOCK_MIN_WIDTH", 64)
   monkeypatch.setattr(measurement, "FOLD_BATCHES", 2)
   keras.utils.set_random_seed(0)
@@ -321,6 +323,36 @@ def test_blocked_scatter_over_chunks_matches_arrays(monkeypatch):
   expected = array_metrics(model, images, labels)
   for streamed, reference in zip(results["train"], expected):
     assert streamed["feature_stable_rank"] is not None
+    assert_results_match(streamed, reference, rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch_rows, group", [
+    (1, 4), (100, 4), (128, 4), (256, 2), (300, 1), (512, 1), (1000, 1)])
+def test_scatter_group(batch_rows, group):
+  assert measurement.scatter_group(batch_rows) == group
+
+
+@pytest.mark.parametrize("max_group", [1, 4])
+def test_scatter_groups_match_arrays(monkeypatch, max_group):
+  # 230 samples in batches of 16 leave a last group of 38 rows, whose
+  # forward slices have 16, 16, 6 and 0 rows.
+  monkeypatch.setattr(measurement, "SCATTER_MAX_GROUP", max_group)
+  keras.utils.set_random_seed(0)
+  # ReLU only: XLA's tanh differs from the reference's by enough to move
+  # nc1 of a barely separated point by 2e-4.
+  inputs = keras.Input((6,))
+  features = keras.layers.Dense(16, activation="relu", name="dense_1")(inputs)
+  features = keras.layers.Dense(12, activation="relu", name="dense_2")(
+      features)
+  logits = keras.layers.Dense(NUM_CLASSES, name="classifier")(features)
+  model = keras.Model(inputs, logits)
+  images, labels = make_data((6,), num_samples=230, offset=50.0)
+
+  results = measurement.measure(model, batches(images, labels, batch_size=16))
+
+  expected = array_metrics(model, images, labels)
+  assert results["train"][0]["num_samples"] == 230
+  for streamed, reference in zip(results["train"], expected):
     assert_results_match(streamed, reference, rtol=1e-4)
 
 
