@@ -36,6 +36,7 @@ loaded, and says so.
 Run: python bench/metric_pass.py [--subset=60000] [--test_subset=10000]
   [--conv_subset=2000] [--models=mlp,convnet] [--batch_size=128]
   [--repeats=3] [--jit_compile=auto] [--max_covariance_dim=4096]
+  [--scatter_max_group=4]
 """
 
 import os
@@ -66,6 +67,11 @@ _MAX_COVARIANCE_DIM = flags.DEFINE_integer(
     "max_covariance_dim", 4096, "Widest point whose p x p scatter the "
     "measurement forms (exact lambda_max); wider points use the Krylov "
     "estimate. Below 1024 the whole MLP takes the Krylov path.",
+    lower_bound=1)
+_SCATTER_MAX_GROUP = flags.DEFINE_integer(
+    "scatter_max_group", measurement.SCATTER_MAX_GROUP,
+    "Most batches per step of the pass that forms the scatters "
+    "(measurement.SCATTER_MAX_GROUP); 1 multiplies the scatter per batch.",
     lower_bound=1)
 _CONV_SUBSET = flags.DEFINE_integer(
     "conv_subset", 2000, "Training images for the ConvNet; the test split "
@@ -182,6 +188,7 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test):
   print(f"{name}: {len(x_train)} train + {len(x_test)} test images, batch "
         f"{batch_size}, measurement jit_compile={_JIT.value}, "
         f"max_covariance_dim={_MAX_COVARIANCE_DIM.value}, "
+        f"scatter_max_group={_SCATTER_MAX_GROUP.value}, "
         f"{_REPEATS.value} paired runs (median, min-max)")
   for clock, column in (("wall", 0), ("CPU", 1)):
     for xla in (False, True):
@@ -210,6 +217,7 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test):
 def main(argv):
   del argv  # Unused.
   print(f"Devices: {[d.name for d in tf.config.list_logical_devices()]}")
+  measurement.SCATTER_MAX_GROUP = _SCATTER_MAX_GROUP.value
   for name in _MODELS.value:
     if name == "mlp":
       x_train, y_train, x_test, y_test, source = _load(pad_to=None)

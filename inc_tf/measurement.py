@@ -59,10 +59,10 @@ SCATTER_MAX_BLOCKS = 8
 
 # The pass that forms scatters takes up to SCATTER_MAX_GROUP batches per step,
 # as many as fit in SCATTER_GROUP_ROWS rows. The forward pass still runs
-# batch by batch, but each scatter matmul sums over the whole group. In a
-# micro-benchmark on a 2-core CPU, the upper-triangle scatter of 512 rows
-# took 0.58 of the time of a 128-row forward layer of the same width, and
-# four scatters of 128 rows took 0.91 of it.
+# batch by batch, but each scatter matmul sums over the whole group, because
+# larger matmuls run closer to the CPU's peak.
+# NOTE: on a shared 2-core CPU, `bench/metric_pass.py --scatter_max_group=1`
+# against the default showed no difference beyond the machine's noise.
 SCATTER_GROUP_ROWS = 512
 SCATTER_MAX_GROUP = 4
 
@@ -471,8 +471,8 @@ class StreamingMeasurement:
     def forward(images):
       if group == 1:
         return probe_model(images, training=False)
-      # The slices keep the forward pass at the caller's batch size (and
-      # memory); only the products below see the whole group.
+      # The slices keep the forward pass at the caller's batch size and
+      # memory. Only the products below see the whole group.
       parts = [
           probe_model(images[start:start + forward_rows], training=False)
           for start in range(0, group * forward_rows, forward_rows)]

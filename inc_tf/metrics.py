@@ -111,9 +111,8 @@ DEFAULT_MAX_COVARIANCE_DIM = 4096
 
 # Largest scatter size whose lambda_max comes from LAPACK rather than ARPACK.
 # LAPACK's cost is the O(p^3) tridiagonalisation, while ARPACK needs a few
-# dozen products with the matrix. On the scatters of the paper's MLP
-# (p = 1024, a shared 2-core CPU) LAPACK took about 100 ms and ARPACK 5 to
-# 20 ms when the machine was quiet.
+# dozen products with the matrix. For a 1024 x 1024 scatter on a shared
+# 2-core CPU, ARPACK took 11 ms and LAPACK 129 ms (bench/host_linalg.py).
 EIGH_MAX_DIM = 256
 
 # Relative residual `||S v - theta v|| / theta` at which ARPACK stops. The
@@ -429,8 +428,8 @@ def dense_kernel_spectrum(kernel, count):
   `K K^T`, which OpenBLAS 0.3.31 computes several times faster than the SVD
   (median 0.46 s against 1.4 to 3.5 s for 1024 x 1024 on a shared 2-core
   CPU), with one tridiagonal reduction for both the eigenvalues and the top
-  eigenvectors (`_gram_spectrum`: 0.19 s against 0.30 s for two LAPACK
-  drivers). The eigenvalues carry an absolute error of about
+  eigenvectors (`_gram_spectrum`: 0.32 s against 0.46 s for two LAPACK
+  drivers in bench/host_linalg.py). The eigenvalues carry an absolute error of about
   `eps * sigma_1^2`, so a singular value `sigma` is off by about
   `eps * sigma_1^2 / sigma`: below 1e-12 relative to `sigma_1` for the
   kernels of a trained or freshly initialised network, but up to
@@ -463,8 +462,8 @@ def _gram_spectrum(gram, count):
   One LAPACK tridiagonal reduction `gram = Q T Q^T` (`sytrd`) serves both:
   the eigenvalues of `T` come from `sterf`, the top eigenvectors of `T` from
   `scipy.linalg.eigh_tridiagonal`, and `Q` is applied to them with `ormqr`.
-  This is what `syevr` does for a subset of eigenpairs, without a second
-  reduction for the other eigenvalues.
+  These are the steps of LAPACK's `syevr` for a subset of eigenpairs,
+  without a second reduction for the other eigenvalues.
 
   Args:
     gram: `(n, n)` symmetric float64 matrix, `n >= 2`; only its lower

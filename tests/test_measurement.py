@@ -334,8 +334,8 @@ def test_scatter_group(batch_rows, group):
 
 @pytest.mark.parametrize("max_group", [1, 4])
 def test_scatter_groups_match_arrays(monkeypatch, max_group):
-  # 230 samples in batches of 16 leave a last group of 38 rows, whose
-  # forward slices have 16, 16, 6 and 0 rows.
+  # In groups of 4, 230 samples in batches of 16 leave a last group of 38
+  # rows, whose forward slices have 16, 16, 6 and 0 rows.
   monkeypatch.setattr(measurement, "SCATTER_MAX_GROUP", max_group)
   keras.utils.set_random_seed(0)
   # ReLU only: XLA's tanh differs from the reference's by enough to move

@@ -455,8 +455,8 @@ def test_dense_kernel_spectrum_matches_svd(rows, cols):
 
 
 def test_kernel_spectrum_equal_top_values():
-  # The top 9 singular values are equal, as for an ETF layer, so only the
-  # span of the vectors is determined.
+  # The top 9 singular values are nearly equal, as for an ETF layer, so only
+  # the span of their vectors is well determined.
   rng = np.random.default_rng(0)
   basis, _ = np.linalg.qr(rng.normal(size=(300, 9)))
   kernel = np.zeros((300, 320))

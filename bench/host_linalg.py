@@ -1,0 +1,103 @@
+"""Benchmark the host-side linear algebra of one measurement.
+
+Times, on 1024 x 1024 matrices (1024 is the hidden width of the paper's
+MLP):
+
+- `metrics.dense_kernel_spectrum` (one tridiagonal reduction of `K K^T`)
+  against two LAPACK drivers on the same Gram matrix: `syevd` for all
+  eigenvalues and `syevr` for the top eigenvectors.
+- `metrics._largest_eigenvalue` of a within-class scatter (Lanczos above
+  `EIGH_MAX_DIM`) against LAPACK's top eigenvalue (`syevr`).
+
+The inputs are a Gaussian kernel and the scatter of random ReLU features
+with a few strong directions. Each timing is the median over `--repeats`
+runs, and the ratio new / old is printed. Both results are checked against
+each other.
+
+Run: python bench/host_linalg.py [--dim=1024] [--repeats=7]
+"""
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import scipy.linalg  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from inc_tf import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_DIM = flags.DEFINE_integer("dim", 1024, "Matrix size p.", lower_bound=300)
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed runs per method.",
+                                lower_bound=1)
+
+NUM_VECTORS = 9
+
+
+def _median_seconds(function, repeats):
+  """Return the median wall time of `function()` over `repeats` runs."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    function()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _two_driver_spectrum(kernel, count):
+  """Return the singular values and top left vectors with syevd and syevr."""
+  gram = kernel @ kernel.T
+  rows = gram.shape[0]
+  eigenvalues = scipy.linalg.eigh(gram, eigvals_only=True, driver="evd")
+  _, vectors = scipy.linalg.eigh(
+      gram, subset_by_index=[rows - count, rows - 1], driver="evr")
+  return np.sqrt(np.maximum(eigenvalues[::-1], 0.0)), vectors[:, ::-1]
+
+
+def _lapack_largest(matrix):
+  dim = matrix.shape[0]
+  return scipy.linalg.eigh(
+      matrix, eigvals_only=True, subset_by_index=[dim - 1, dim - 1])[0]
+
+
+def main(argv):
+  del argv  # Unused.
+  dim, repeats = _DIM.value, _REPEATS.value
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+  features = np.maximum(rng.normal(size=(4 * dim, dim)), 0.0)
+  features[:, :5] *= 5.0
+  features -= features.mean(axis=0)
+  scatter = features.T @ features
+
+  new_values, new_vectors = metrics.dense_kernel_spectrum(kernel, NUM_VECTORS)
+  old_values, old_vectors = _two_driver_spectrum(kernel, NUM_VECTORS)
+  cosines = np.linalg.svd(old_vectors.T @ new_vectors, compute_uv=False)
+  print(f"kernel spectrum, {dim} x {dim}: max singular value difference "
+        f"{np.max(np.abs(new_values - old_values)) / old_values[0]:.1e} "
+        f"(relative), min cosine of the top {NUM_VECTORS} vectors "
+        f"{cosines.min():.12f}")
+  new = _median_seconds(
+      lambda: metrics.dense_kernel_spectrum(kernel, NUM_VECTORS), repeats)
+  old = _median_seconds(
+      lambda: _two_driver_spectrum(kernel, NUM_VECTORS), repeats)
+  print(f"  one reduction {new * 1000:.0f} ms, two drivers "
+        f"{old * 1000:.0f} ms, ratio {new / old:.2f}")
+
+  lanczos = metrics._largest_eigenvalue(scatter)  # pylint: disable=protected-access
+  lapack = _lapack_largest(scatter)
+  print(f"lambda_max of a {dim} x {dim} scatter: relative difference "
+        f"{abs(lanczos - lapack) / lapack:.1e}")
+  new = _median_seconds(
+      lambda: metrics._largest_eigenvalue(scatter), repeats)  # pylint: disable=protected-access
+  old = _median_seconds(lambda: _lapack_largest(scatter), repeats)
+  print(f"  _largest_eigenvalue {new * 1000:.0f} ms, LAPACK syevr "
+        f"{old * 1000:.0f} ms, ratio {new / old:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
