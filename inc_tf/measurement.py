@@ -24,24 +24,26 @@ Passes over the data, each one forward pass of the probe model:
 All per-batch work runs inside `tf.function`s on the strategy's devices:
 float32 matmuls (float64 for float64 models) on shifted or centred
 features, accumulated across batches in float64. The `p x p` scatter is
-computed as its upper block triangle, over groups of up to
-`SCATTER_MAX_GROUP` batches per step, and summed in float32 over at most
-`FOLD_BATCHES` batches before it is added in float64. Under a strategy with
-several replicas each replica works on its part of the batch and the partial
-sums are added with `strategy.reduce(SUM)` after every step. With one
-replica the batch step is compiled with XLA by default (`jit_compile`).
-The small corrections for the shift (`- sum_c r_c r_c^T / n_c`) and all
+computed as its upper block triangle. Each step takes a group of up to
+`MAX_GROUP` batches (see `batch_group`), and scatter blocks are summed in
+float32 over at most `FOLD_BATCHES` batches before they are added in
+float64. Under a strategy with several replicas each replica works on its
+part of the group and the partial sums are added with
+`strategy.reduce(SUM)` after every step. With one replica the batch step
+is compiled with XLA by default (`jit_compile`). The small corrections for the shift (`- sum_c r_c r_c^T / n_c`) and all
 metric formulas run on the host in float64.
 """
 
 import concurrent.futures
 import dataclasses
+import os
 from typing import Optional
 
 from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+import threadpoolctl
 
 from inc_tf import metrics
 from inc_tf import probe as probe_lib
@@ -57,14 +59,14 @@ FOLD_BATCHES = 16
 SCATTER_BLOCK_MIN_WIDTH = 128
 SCATTER_MAX_BLOCKS = 8
 
-# The pass that forms scatters takes up to SCATTER_MAX_GROUP batches per step,
-# as many as fit in SCATTER_GROUP_ROWS rows. The forward pass still runs
-# batch by batch, but each scatter matmul sums over the whole group, because
-# larger matmuls run closer to the CPU's peak.
-# NOTE: on a shared 2-core CPU, `bench/metric_pass.py --scatter_max_group=1`
-# against the default showed no difference beyond the machine's noise.
-SCATTER_GROUP_ROWS = 512
-SCATTER_MAX_GROUP = 4
+# Every pass takes up to MAX_GROUP batches per step, as many as fit in
+# GROUP_ROWS rows and in GROUP_FEATURE_BYTES of probe features, and runs the
+# probe model on the whole group at once. On a 2-core CPU the paper's MLP ran
+# its probe model 1.3 times as fast over 512 rows as over 128. The byte
+# bound keeps wide convolutional features at the caller's batch size.
+GROUP_ROWS = 512
+MAX_GROUP = 4
+GROUP_FEATURE_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass
@@ -203,11 +205,18 @@ class StreamingMeasurement:
       `"test"` is an empty list without a test dataset.
     """
     layouts = self._layouts()
-    with _host_executor(self._strategy) as host:
-      spectra = [
-          host.submit(metrics.dense_kernel_spectrum, layout.kernel,
-                      max(self._num_classes - 1, 1))
-          if layout.kernel.ndim == 2 else None for layout in layouts]
+    dense_kernels = [layout.kernel if layout.kernel.ndim == 2 else None
+                     for layout in layouts]
+    rank = max(self._num_classes - 1, 1)
+    accelerated = runs_on_accelerators(self._strategy)
+    if not accelerated:
+      spectra = _kernel_spectra_in_parallel(dense_kernels, rank)
+    with _host_executor(accelerated) as host:
+      if accelerated:
+        spectra = [
+            None if kernel is None else host.submit(
+                metrics.dense_kernel_spectrum, kernel, rank)
+            for kernel in dense_kernels]
       return self._measure(train_dataset, test_dataset, layouts, host,
                            spectra)
 
@@ -221,7 +230,7 @@ class StreamingMeasurement:
         metrics.sketch_matrix(layout.dim, metrics.sketch_width(num_classes))
         if layout.wide else None for layout in layouts]
     first = self._run_pass(train_dataset, "sketch", layouts, shifts=shifts,
-                           rights=omegas)
+                           rights=omegas, batch_rows=batch_rows)
     counts = first["counts"]
     self._check_counts(first, "training")
     train_means = []
@@ -277,7 +286,8 @@ class StreamingMeasurement:
       if not any(r is not None for r in wide_rights):
         break
       refine = self._run_pass(train_dataset, "krylov", layouts,
-                              shifts=train_means, rights=wide_rights)
+                              shifts=train_means, rights=wide_rights,
+                              batch_rows=batch_rows)
       for position, layout in enumerate(layouts):
         if layout.wide:
           blocks, images = krylov[position]
@@ -301,12 +311,17 @@ class StreamingMeasurement:
     results = {"train": [], "test": []}
     if test_dataset is not None:
       results["test"] = self._measure_test(test_dataset, layouts, train_means,
-                                           counts)
+                                           counts, batch_rows)
     results["train"] = [result.result() for result in train_results]
     return results
 
-  def _measure_test(self, test_dataset, layouts, train_means, train_counts):
-    """Measure the test split in one pass around the training class means."""
+  def _measure_test(self, test_dataset, layouts, train_means, train_counts,
+                    batch_rows):
+    """Measure the test split in one pass around the training class means.
+
+    The test batches are regrouped like the training batches, in groups of
+    `batch_group(batch_rows, ...)` training batches.
+    """
     valid = train_counts > 0
     shifts = []
     for means in train_means:
@@ -314,7 +329,8 @@ class StreamingMeasurement:
       shift[~valid] = means[valid].mean(axis=0)
       shifts.append(_round_to_float32(shift))
     test = self._run_pass(test_dataset, "test", layouts, shifts=shifts,
-                          ncc_means=train_means, ncc_valid=valid)
+                          ncc_means=train_means, ncc_valid=valid,
+                          batch_rows=batch_rows)
     self._check_counts(test, "test")
     counts = test["counts"]
     if counts.sum() == 0:
@@ -392,10 +408,10 @@ class StreamingMeasurement:
       bases: Per point `(p, k)` basis for `(D U)^T (D U)`, or None.
       ncc_means: Per point `(C, p)` class means of the nearest-centre rule.
       ncc_valid: `(C,)` bool, classes the rule may predict.
-      batch_rows: Size of the dataset's batches (of its first one), or
-        None. A pass that forms scatters regroups the batches in groups of
-        `scatter_group(batch_rows)` and runs the forward pass on slices of
-        `batch_rows` rows; None keeps the batches as they are.
+      batch_rows: Size of the training dataset's first batch, or None.
+        With `group = batch_group(batch_rows, ...) > 1` the pass rebatches
+        the dataset into elements of `group * batch_rows` rows; None keeps
+        the batches as they are.
 
     Returns:
       A dict of NumPy arrays. A `p x p` scatter comes back whole as
@@ -412,13 +428,12 @@ class StreamingMeasurement:
         if kind == "centred" and not layout.wide else None
         for layout in layouts]
     group = 1
-    if any(scatter_blocks) and batch_rows:
-      group = scatter_group(batch_rows)
-    forward_rows = None
+    if batch_rows:
+      row_bytes = sum(layout.dim * layout.compute_dtype.size
+                      for layout in layouts)
+      group = batch_group(batch_rows, row_bytes)
     if group > 1:
       dataset = dataset.rebatch(group * batch_rows)
-      num_replicas = self._strategy.num_replicas_in_sync
-      forward_rows = -(-batch_rows // num_replicas)
 
     constants = {"shift": [_as_tensor(s) for s in shifts]}
     constants["right"] = [_as_tensor(r) for r in rights]
@@ -432,11 +447,10 @@ class StreamingMeasurement:
           np.where(ncc_valid, 0.0, np.inf), tf.float32)
 
     key = (kind, tuple(r is None for r in rights),
-           tuple(b is None for b in bases), with_ncc, group, forward_rows)
+           tuple(b is None for b in bases), with_ncc, group)
     if key not in self._passes:
       self._passes[key] = self._build_pass(
-          layouts, with_squares, scatter_blocks, with_ncc, group,
-          forward_rows)
+          layouts, with_squares, scatter_blocks, with_ncc, group)
     totals = {name: value.numpy()
               for name, value in self._passes[key](dataset, constants).items()}
 
@@ -449,12 +463,11 @@ class StreamingMeasurement:
     return totals
 
   def _build_pass(self, layouts, with_squares, scatter_blocks, with_ncc,
-                  group=1, forward_rows=None):
+                  group=1):
     """Return a function `(dataset, constants) -> totals` for one pass.
 
-    With `group > 1` each dataset element contains `group` batches, and
-    every replica runs the probe model on `group` slices of at most
-    `forward_rows` rows of its share and concatenates the features.
+    With `group > 1` each dataset element contains `group` batches. Only
+    the number of steps between float64 folds depends on it.
 
     Every replica takes its share of each dataset element.
     `strategy.experimental_distribute_dataset` is not used because in TF
@@ -468,18 +481,8 @@ class StreamingMeasurement:
     probe_model = self._probe_model
     strategy = self._strategy
 
-    def forward(images):
-      if group == 1:
-        return probe_model(images, training=False)
-      # The slices keep the forward pass at the caller's batch size and
-      # memory. Only the products below see the whole group.
-      parts = [
-          probe_model(images[start:start + forward_rows], training=False)
-          for start in range(0, group * forward_rows, forward_rows)]
-      return [tf.concat(list(outputs), axis=0) for outputs in zip(*parts)]
-
     def step(images, labels, constants):
-      outputs = forward(images)
+      outputs = probe_model(images, training=False)
       logits = outputs[-1]
       batch_size = tf.shape(labels)[0]
       in_range = tf.logical_and(labels >= 0, labels < num_classes)
@@ -643,17 +646,21 @@ class StreamingMeasurement:
     return run
 
 
-def scatter_group(batch_rows):
-  """Return how many batches of `batch_rows` rows one scatter step takes.
+def batch_group(batch_rows, row_bytes):
+  """Return how many batches of `batch_rows` rows one pass step takes.
 
   Args:
     batch_rows: Positive batch size.
+    row_bytes: Bytes of the probe features of one sample, all points
+      together.
 
   Returns:
-    An int in `[1, SCATTER_MAX_GROUP]`: as many batches as fit in
-    `SCATTER_GROUP_ROWS` rows, at least one.
+    An int in `[1, MAX_GROUP]`: as many batches as fit in `GROUP_ROWS` rows
+    and in `GROUP_FEATURE_BYTES` of probe features, at least one.
   """
-  return max(1, min(SCATTER_MAX_GROUP, SCATTER_GROUP_ROWS // batch_rows))
+  by_rows = GROUP_ROWS // batch_rows
+  by_bytes = GROUP_FEATURE_BYTES // max(1, batch_rows * row_bytes)
+  return max(1, min(MAX_GROUP, by_rows, by_bytes))
 
 
 def triangle_blocks(dim, min_width=SCATTER_BLOCK_MIN_WIDTH,
@@ -733,7 +740,7 @@ def runs_on_accelerators(strategy):
              for device in devices)
 
 
-def _host_executor(strategy):
+def _host_executor(accelerated):
   """Return the executor that runs the host-side metric computations.
 
   With accelerator replicas, one thread computes the kernel spectra while
@@ -741,14 +748,53 @@ def _host_executor(strategy):
   LAPACK calls release the GIL). On CPU replicas that thread competed with
   the passes for the cores: OpenBLAS threads spin while they wait, and a
   measurement on 2 cores took longer than without it, so the work runs in
-  order there.
+  order there, and `_kernel_spectra_in_parallel` takes the spectra before
+  the passes.
+
+  Args:
+    accelerated: Whether the replicas run on GPUs or TPUs.
   """
   # NOTE: the threaded path is tested on CPU replicas only; its gain on GPU
   # replicas is expected, not measured.
-  if runs_on_accelerators(strategy):
+  if accelerated:
     return concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="inc_tf_metrics")
   return _InlineExecutor()
+
+
+def _kernel_spectra_in_parallel(kernels, rank):
+  """Return `metrics.dense_kernel_spectrum` of each kernel, as futures.
+
+  For CPU replicas, before the passes: one thread per core, each calling
+  LAPACK with one BLAS thread. The reduction to tridiagonal form is
+  memory-bound, and two BLAS threads on one 1024 x 1024 kernel took more
+  wall time than one, at twice the CPU time (2 cores, OpenBLAS).
+
+  Args:
+    kernels: Per point a `(p_in, p_out)` kernel, or None to skip it.
+    rank: Number of top singular vectors, as in `dense_kernel_spectrum`.
+
+  Returns:
+    Per point a done `concurrent.futures.Future` (whose `result()` raises
+    what the computation raised), or None where the kernel was None.
+  """
+  todo = [kernel for kernel in kernels if kernel is not None]
+  if not todo:
+    return [None] * len(kernels)
+  workers = min(len(todo), _usable_cores())
+  with threadpoolctl.threadpool_limits(limits=1), \
+      concurrent.futures.ThreadPoolExecutor(
+          max_workers=workers, thread_name_prefix="inc_tf_spectra") as pool:
+    futures = iter([pool.submit(metrics.dense_kernel_spectrum, kernel, rank)
+                    for kernel in todo])
+  return [None if kernel is None else next(futures) for kernel in kernels]
+
+
+def _usable_cores():
+  """Return the number of CPU cores this process may run on."""
+  if hasattr(os, "sched_getaffinity"):
+    return max(1, len(os.sched_getaffinity(0)))
+  return os.cpu_count() or 1
 
 
 def _as_tensor(array):

@@ -326,17 +326,21 @@ def test_blocked_scatter_over_chunks_matches_arrays(monkeypatch):
     assert_results_match(streamed, reference, rtol=1e-4)
 
 
-@pytest.mark.parametrize("batch_rows, group", [
-    (1, 4), (100, 4), (128, 4), (256, 2), (300, 1), (512, 1), (1000, 1)])
-def test_scatter_group(batch_rows, group):
-  assert measurement.scatter_group(batch_rows) == group
+@pytest.mark.parametrize("batch_rows, row_bytes, group", [
+    (1, 4, 4), (100, 4, 4), (128, 4, 4), (256, 4, 2), (300, 4, 1),
+    (512, 4, 1), (1000, 4, 1),
+    # 64 MiB of features hold 2 batches of 128 rows of 256 KiB, and not one
+    # batch of 512 KiB rows.
+    (128, 2**18, 2), (128, 2**19, 1), (128, 2**22, 1)])
+def test_batch_group(batch_rows, row_bytes, group):
+  assert measurement.batch_group(batch_rows, row_bytes) == group
 
 
 @pytest.mark.parametrize("max_group", [1, 4])
-def test_scatter_groups_match_arrays(monkeypatch, max_group):
+def test_batch_groups_match_arrays(monkeypatch, max_group):
   # In groups of 4, 230 samples in batches of 16 leave a last group of 38
-  # rows, whose forward slices have 16, 16, 6 and 0 rows.
-  monkeypatch.setattr(measurement, "SCATTER_MAX_GROUP", max_group)
+  # rows, and 70 test samples in batches of 16 a last group of 6.
+  monkeypatch.setattr(measurement, "MAX_GROUP", max_group)
   keras.utils.set_random_seed(0)
   # ReLU only: XLA's tanh differs from the reference's by enough to move
   # nc1 of a barely separated point by 2e-4.
@@ -346,14 +350,25 @@ def test_scatter_groups_match_arrays(monkeypatch, max_group):
       features)
   logits = keras.layers.Dense(NUM_CLASSES, name="classifier")(features)
   model = keras.Model(inputs, logits)
-  images, labels = make_data((6,), num_samples=230, offset=50.0)
+  images, labels = make_data((6,), num_samples=300, offset=50.0)
+  train_images, train_labels = images[:230], labels[:230]
+  test_images, test_labels = images[230:], labels[230:]
 
-  results = measurement.measure(model, batches(images, labels, batch_size=16))
+  results = measurement.measure(
+      model, batches(train_images, train_labels, batch_size=16),
+      batches(test_images, test_labels, batch_size=16))
 
-  expected = array_metrics(model, images, labels)
+  expected = array_metrics(model, train_images, train_labels)
   assert results["train"][0]["num_samples"] == 230
   for streamed, reference in zip(results["train"], expected):
     assert_results_match(streamed, reference, rtol=1e-4)
+  expected_test = array_metrics(
+      model, test_images, test_labels,
+      train_means=class_means(model, train_images, train_labels))
+  assert results["test"][0]["num_samples"] == 70
+  for streamed, reference in zip(results["test"], expected_test):
+    assert_results_match(streamed, {
+        k: v for k, v in reference.items() if k in streamed}, rtol=1e-4)
 
 
 def test_two_replicas_one_sample_batch(two_replicas, one_replica):
@@ -393,6 +408,24 @@ def test_host_thread_matches_inline(monkeypatch):
                                  batches(test_images, test_labels))
 
   assert threaded == inline
+
+
+def test_parallel_kernel_spectra_match_one_by_one():
+  rng = np.random.default_rng(0)
+  kernels = [rng.normal(size=(40, 30)), None, rng.normal(size=(30, 10)),
+             rng.normal(size=(10, 10))]
+
+  futures = measurement._kernel_spectra_in_parallel(kernels, 3)  # pylint: disable=protected-access
+
+  assert futures[1] is None
+  for kernel, future in zip(kernels, futures):
+    if kernel is None:
+      continue
+    # One BLAS thread sums in another order than several.
+    for parallel, alone in zip(future.result(),
+                               metrics.dense_kernel_spectrum(kernel, 3)):
+      np.testing.assert_allclose(np.abs(parallel), np.abs(alone),
+                                 rtol=1e-10, atol=1e-12)
 
 
 def test_cpu_replicas_are_not_accelerators(two_replicas):
