@@ -30,8 +30,9 @@ float32 over at most `FOLD_BATCHES` batches before they are added in
 float64. Under a strategy with several replicas each replica works on its
 part of the group and the partial sums are added with
 `strategy.reduce(SUM)` after every step. With one replica the batch step
-is compiled with XLA by default (`jit_compile`). The small corrections for the shift (`- sum_c r_c r_c^T / n_c`) and all
-metric formulas run on the host in float64.
+is compiled with XLA by default (`jit_compile`). The small corrections
+for the shift (`- sum_c r_c r_c^T / n_c`) and all metric formulas run on
+the host in float64.
 """
 
 import concurrent.futures
