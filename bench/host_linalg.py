@@ -57,12 +57,7 @@ def _median_wall_and_cpu(function, repeats):
 
 def _median_seconds(function, repeats):
   """Return the median wall time of `function()` over `repeats` runs."""
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    function()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return _median_wall_and_cpu(function, repeats)[0]
 
 
 def _two_driver_spectrum(kernel, count):

@@ -767,9 +767,9 @@ def _kernel_spectra_in_parallel(kernels, rank):
   """Return `metrics.dense_kernel_spectrum` of each kernel, as futures.
 
   For CPU replicas, before the passes: one thread per core, each calling
-  LAPACK with one BLAS thread. The reduction to tridiagonal form is
-  memory-bound, and two BLAS threads on one 1024 x 1024 kernel took more
-  wall time than one, at twice the CPU time (2 cores, OpenBLAS).
+  LAPACK with one BLAS thread. On 2 cores, `bench/host_linalg.py` took
+  2.2 s wall and 2.8 CPU seconds this way for 10 kernels of 1024 x 1024,
+  against 2.8 s and 5.6 s one after another with two OpenBLAS threads each.
 
   Args:
     kernels: Per point a `(p_in, p_out)` kernel, or None to skip it.
@@ -779,15 +779,15 @@ def _kernel_spectra_in_parallel(kernels, rank):
     Per point a done `concurrent.futures.Future` (whose `result()` raises
     what the computation raised), or None where the kernel was None.
   """
-  todo = [kernel for kernel in kernels if kernel is not None]
-  if not todo:
+  present = [kernel for kernel in kernels if kernel is not None]
+  if not present:
     return [None] * len(kernels)
-  workers = min(len(todo), _usable_cores())
+  workers = min(len(present), _usable_cores())
   with threadpoolctl.threadpool_limits(limits=1), \
       concurrent.futures.ThreadPoolExecutor(
           max_workers=workers, thread_name_prefix="inc_tf_spectra") as pool:
     futures = iter([pool.submit(metrics.dense_kernel_spectrum, kernel, rank)
-                    for kernel in todo])
+                    for kernel in present])
   return [None if kernel is None else next(futures) for kernel in kernels]
 
 
