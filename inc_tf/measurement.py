@@ -501,7 +501,8 @@ class StreamingMeasurement:
       for position in range(len(layouts)):
         feature = outputs[position]
         dtype = _compute_dtype(feature.dtype)
-        feature = tf.reshape(tf.cast(feature, dtype), [batch_size, -1])
+        dim = layouts[position].dim
+        feature = tf.reshape(tf.cast(feature, dtype), [batch_size, dim])
         mask = tf.one_hot(labels, num_classes, dtype=dtype)
         shift = tf.cast(constants["shift"][position], dtype)
         shifted = feature - tf.gather(shift, safe_labels)
@@ -509,10 +510,11 @@ class StreamingMeasurement:
             tf.matmul(mask, shifted, transpose_a=True), tf.float64)
 
         if with_squares:
-          squares = tf.cast(tf.reduce_sum(tf.square(shifted), axis=1),
-                            tf.float64)
+          # A matmul with a column of ones, because XLA on CPU summed rows
+          # about twice as slowly with reduce_sum.
+          squares = tf.matmul(tf.square(shifted), tf.ones([dim, 1], dtype))
           totals[f"squares_{position}"] = tf.linalg.matvec(
-              one_hot, squares, transpose_a=True)
+              one_hot, tf.cast(squares[:, 0], tf.float64), transpose_a=True)
         if scatter_blocks[position]:
           # The scatter is symmetric, so only the blocks on and above the
           # diagonal are multiplied. They stay in the compute dtype until
@@ -534,12 +536,14 @@ class StreamingMeasurement:
         if with_ncc:
           centred = feature - tf.cast(constants["ncc_origin"][position], dtype)
           means = tf.cast(constants["ncc_means"][position], dtype)
+          # Distances are `(C, batch)`: XLA on CPU computed this product
+          # twice as fast as its `(batch, C)` transpose.
           distances = (
-              -2 * tf.matmul(centred, means, transpose_b=True)
-              + tf.reduce_sum(tf.square(means), axis=1)[None, :])
+              -2 * tf.matmul(means, centred, transpose_b=True)
+              + tf.reduce_sum(tf.square(means), axis=1)[:, None])
           distances = tf.cast(distances, tf.float32) + constants[
-              "ncc_penalty"][None, :]
-          nearest = tf.argmin(distances, axis=-1, output_type=tf.int32)
+              "ncc_penalty"][:, None]
+          nearest = tf.argmin(distances, axis=0, output_type=tf.int32)
           totals[f"ncc_corrects_{position}"] = tf.reduce_sum(
               tf.cast(tf.equal(nearest, labels), tf.float64))
           totals[f"ncc_agreements_{position}"] = tf.reduce_sum(
