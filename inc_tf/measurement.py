@@ -32,7 +32,9 @@ part of the group and the partial sums are added with
 `strategy.reduce(SUM)` after every step. With one replica the batch step
 is compiled with XLA by default (`jit_compile`). The small corrections
 for the shift (`- sum_c r_c r_c^T / n_c`) and all metric formulas run on
-the host in float64.
+the host in float64. The kernel spectra and the training metrics are
+computed in host threads while the passes run (on CPU replicas at idle
+priority, see `_IdleExecutor`).
 """
 
 import concurrent.futures
@@ -209,15 +211,11 @@ class StreamingMeasurement:
     dense_kernels = [layout.kernel if layout.kernel.ndim == 2 else None
                      for layout in layouts]
     rank = max(self._num_classes - 1, 1)
-    accelerated = runs_on_accelerators(self._strategy)
-    if not accelerated:
-      spectra = _kernel_spectra_in_parallel(dense_kernels, rank)
-    with _host_executor(accelerated) as host:
-      if accelerated:
-        spectra = [
-            None if kernel is None else host.submit(
-                metrics.dense_kernel_spectrum, kernel, rank)
-            for kernel in dense_kernels]
+    with _host_executor(runs_on_accelerators(self._strategy)) as host:
+      spectra = [
+          None if kernel is None else host.submit(
+              metrics.dense_kernel_spectrum, kernel, rank)
+          for kernel in dense_kernels]
       return self._measure(train_dataset, test_dataset, layouts, host,
                            spectra)
 
@@ -715,24 +713,6 @@ def assemble_symmetric(blocks, ranges):
   return matrix
 
 
-class _InlineExecutor:
-  """Executor that runs each submitted call at once, in the calling thread."""
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info):
-    return False
-
-  def submit(self, function, *args, **kwargs):
-    future = concurrent.futures.Future()
-    try:
-      future.set_result(function(*args, **kwargs))
-    except Exception as error:  # pylint: disable=broad-exception-caught
-      future.set_exception(error)
-    return future
-
-
 def runs_on_accelerators(strategy):
   """Return whether the replicas of `strategy` run on GPUs or TPUs."""
   try:
@@ -748,51 +728,72 @@ def runs_on_accelerators(strategy):
 def _host_executor(accelerated):
   """Return the executor that runs the host-side metric computations.
 
-  With accelerator replicas, one thread computes the kernel spectra while
-  the passes run and the training metrics while the test pass runs (SciPy's
-  LAPACK calls release the GIL). On CPU replicas that thread competed with
-  the passes for the cores: OpenBLAS threads spin while they wait, and a
-  measurement on 2 cores took longer than without it, so the work runs in
-  order there, and `_kernel_spectra_in_parallel` takes the spectra before
-  the passes.
+  The kernel spectra are submitted before the passes and the training
+  metrics before the test pass, so that they run while the replicas work.
+  SciPy's LAPACK calls release the GIL.
 
   Args:
-    accelerated: Whether the replicas run on GPUs or TPUs.
+    accelerated: Whether the replicas run on GPUs or TPUs. Then one thread
+      is enough. On CPU replicas the host work competes with the passes for
+      the cores, so `_IdleExecutor` runs it on what the passes leave idle.
   """
   # NOTE: the threaded path is tested on CPU replicas only; its gain on GPU
   # replicas is expected, not measured.
   if accelerated:
     return concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="inc_tf_metrics")
-  return _InlineExecutor()
+  return _IdleExecutor(_usable_cores())
 
 
-def _kernel_spectra_in_parallel(kernels, rank):
-  """Return `metrics.dense_kernel_spectrum` of each kernel, as futures.
+class _IdleExecutor:
+  """Thread pool for host work beside CPU replicas, at the lowest priority.
 
-  For CPU replicas, before the passes: one thread per core, each calling
-  LAPACK with one BLAS thread. On 2 cores, `bench/host_linalg.py` took
-  2.2 s wall and 2.8 CPU seconds this way for 10 kernels of 1024 x 1024,
-  against 2.8 s and 5.6 s one after another with two OpenBLAS threads each.
+  Each thread sets the Linux policy `SCHED_IDLE`, so it runs only when the pass
+  threads leave a core idle (between steps, between passes, and after the
+  last one). While the pool is open OpenBLAS uses one thread, the caller's,
+  because its own worker threads would run at normal priority and spin
+  while they wait. The passes do not use OpenBLAS: TensorFlow's kernels
+  are Eigen and oneDNN.
+
+  Where `SCHED_IDLE` is missing (other systems) the threads keep the
+  normal priority.
 
   Args:
-    kernels: Per point a `(p_in, p_out)` kernel, or None to skip it.
-    rank: Number of top singular vectors, as in `dense_kernel_spectrum`.
-
-  Returns:
-    Per point a done `concurrent.futures.Future` (whose `result()` raises
-    what the computation raised), or None where the kernel was None.
+    workers: Number of threads.
   """
-  present = [kernel for kernel in kernels if kernel is not None]
-  if not present:
-    return [None] * len(kernels)
-  workers = min(len(present), _usable_cores())
-  with threadpoolctl.threadpool_limits(limits=1), \
-      concurrent.futures.ThreadPoolExecutor(
-          max_workers=workers, thread_name_prefix="inc_tf_spectra") as pool:
-    futures = iter([pool.submit(metrics.dense_kernel_spectrum, kernel, rank)
-                    for kernel in present])
-  return [None if kernel is None else next(futures) for kernel in kernels]
+
+  def __init__(self, workers):
+    self._workers = workers
+    self._limits = None
+    self._pool = None
+
+  def __enter__(self):
+    self._limits = threadpoolctl.threadpool_limits(limits=1)
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=self._workers, thread_name_prefix="inc_tf_idle",
+        initializer=_lower_thread_priority)
+    return self
+
+  def __exit__(self, *exc_info):
+    try:
+      self._pool.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
+    finally:
+      self._limits.restore_original_limits()
+    return False
+
+  def submit(self, function, *args, **kwargs):
+    return self._pool.submit(function, *args, **kwargs)
+
+
+def _lower_thread_priority():
+  """Move the calling thread to `SCHED_IDLE` where Linux allows it."""
+  if not hasattr(os, "SCHED_IDLE"):
+    return
+  try:
+    # On Linux, pid 0 names the calling thread, not the whole process.
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+  except OSError as error:
+    logging.debug("Host metric threads keep their priority: %s", error)
 
 
 def _usable_cores():

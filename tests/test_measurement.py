@@ -1,11 +1,13 @@
 """Tests of inc_tf.measurement: streamed batches against in-memory arrays."""
 
 import json
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import threadpoolctl
 
 from inc_tf import measurement
 from inc_tf import metrics
@@ -394,38 +396,54 @@ def test_two_replicas_one_sample_batch(two_replicas, one_replica):
     assert_results_match(single, reference, rtol=1e-4)
 
 
-def test_host_thread_matches_inline(monkeypatch):
+def test_accelerator_host_thread_matches_idle_pool(monkeypatch):
   keras.utils.set_random_seed(0)
   model = tiny_mlp()
   images, labels = make_data((6,))
   test_images, test_labels = make_data((6,), num_samples=90, seed=1)
-  inline = measurement.measure(model, batches(images, labels),
-                               batches(test_images, test_labels))
+  idle_pool = measurement.measure(model, batches(images, labels),
+                                  batches(test_images, test_labels))
 
   monkeypatch.setattr(measurement, "runs_on_accelerators",
                       lambda strategy: True)
-  threaded = measurement.measure(model, batches(images, labels),
-                                 batches(test_images, test_labels))
+  one_thread = measurement.measure(model, batches(images, labels),
+                                   batches(test_images, test_labels))
 
-  assert threaded == inline
+  assert one_thread == idle_pool
 
 
-def test_parallel_kernel_spectra_match_one_by_one():
+def test_idle_pool_spectra_match_one_by_one():
   rng = np.random.default_rng(0)
-  kernels = [rng.normal(size=(40, 30)), None, rng.normal(size=(30, 10)),
+  kernels = [rng.normal(size=(40, 30)), rng.normal(size=(30, 10)),
              rng.normal(size=(10, 10))]
 
-  futures = measurement._kernel_spectra_in_parallel(kernels, 3)  # pylint: disable=protected-access
+  with measurement._host_executor(accelerated=False) as pool:  # pylint: disable=protected-access
+    futures = [pool.submit(metrics.dense_kernel_spectrum, kernel, 3)
+               for kernel in kernels]
 
-  assert futures[1] is None
   for kernel, future in zip(kernels, futures):
-    if kernel is None:
-      continue
     # One BLAS thread sums in another order than several.
-    for parallel, alone in zip(future.result(),
-                               metrics.dense_kernel_spectrum(kernel, 3)):
-      np.testing.assert_allclose(np.abs(parallel), np.abs(alone),
+    for pooled, alone in zip(future.result(),
+                             metrics.dense_kernel_spectrum(kernel, 3)):
+      np.testing.assert_allclose(np.abs(pooled), np.abs(alone),
                                  rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux only")
+def test_idle_pool_priority_and_blas_threads():
+  blas_before = [info["num_threads"]
+                 for info in threadpoolctl.threadpool_info()]
+
+  with measurement._host_executor(accelerated=False) as pool:  # pylint: disable=protected-access
+    policy = pool.submit(os.sched_getscheduler, 0).result()
+    blas_inside = [info["num_threads"]
+                   for info in threadpoolctl.threadpool_info()]
+
+  assert policy == os.SCHED_IDLE
+  assert os.sched_getscheduler(0) != os.SCHED_IDLE
+  assert set(blas_inside) == {1}
+  assert [info["num_threads"]
+          for info in threadpoolctl.threadpool_info()] == blas_before
 
 
 def test_cpu_replicas_are_not_accelerators(two_replicas):
