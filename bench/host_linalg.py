@@ -118,8 +118,8 @@ def main(argv):
     with measurement._host_executor(accelerated=False) as pool:  # pylint: disable=protected-access
       futures = [pool.submit(metrics.dense_kernel_spectrum, one_kernel,
                              NUM_VECTORS) for one_kernel in kernels]
-    for future in futures:
-      future.result()
+      for future in futures:
+        pool.result(future)
 
   def in_order():
     for one_kernel in kernels:

@@ -34,12 +34,15 @@ is compiled with XLA by default (`jit_compile`). The small corrections
 for the shift (`- sum_c r_c r_c^T / n_c`) and all metric formulas run on
 the host in float64. The kernel spectra and the training metrics are
 computed in host threads while the passes run (on CPU replicas at idle
-priority, see `_IdleExecutor`).
+priority, see `_HostPool`).
 """
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
+import threading
+import time
 from typing import Optional
 
 from absl import logging
@@ -70,6 +73,10 @@ SCATTER_MAX_BLOCKS = 8
 GROUP_ROWS = 512
 MAX_GROUP = 4
 GROUP_FEATURE_BYTES = 64 * 2**20
+
+# How long `_HostPool.result` waits before it checks whether the idle thread
+# running a task gets any CPU time.
+STARVED_CHECK_SECONDS = 0.2
 
 
 @dataclasses.dataclass
@@ -304,14 +311,15 @@ class StreamingMeasurement:
 
     train_results = [
         host.submit(self._finalize, layout, stats, with_kernel=True,
-                    spectrum=spectrum)
+                    spectrum=None if spectrum is None else functools.partial(
+                        host.result, spectrum))
         for layout, stats, spectrum in zip(layouts, train_stats, spectra)]
 
     results = {"train": [], "test": []}
     if test_dataset is not None:
       results["test"] = self._measure_test(test_dataset, layouts, train_means,
                                            counts, batch_rows)
-    results["train"] = [result.result() for result in train_results]
+    results["train"] = [host.result(result) for result in train_results]
     return results
 
   def _measure_test(self, test_dataset, layouts, train_means, train_counts,
@@ -347,13 +355,17 @@ class StreamingMeasurement:
     return test_results
 
   def _finalize(self, layout, stats, with_kernel, spectrum=None):
-    """Return the metrics of one point; `spectrum` is a future or None."""
+    """Return the metrics of one point.
+
+    `spectrum` is None or a function that returns the kernel's
+    `metrics.dense_kernel_spectrum`.
+    """
     result = {"layer": layout.name, "index": layout.index}
     result.update(metrics.finalize(
         stats, self._num_classes,
         kernel=layout.kernel if with_kernel else None,
         is_classifier=layout.is_classifier,
-        kernel_spectrum=spectrum.result() if spectrum is not None else None))
+        kernel_spectrum=spectrum() if spectrum is not None else None))
     return result
 
   def _check_counts(self, totals, split):
@@ -726,7 +738,7 @@ def runs_on_accelerators(strategy):
 
 
 def _host_executor(accelerated):
-  """Return the executor that runs the host-side metric computations.
+  """Return the `_HostPool` that runs the host-side metric computations.
 
   The kernel spectra are submitted before the passes and the training
   metrics before the test pass, so that they run while the replicas work.
@@ -734,55 +746,115 @@ def _host_executor(accelerated):
 
   Args:
     accelerated: Whether the replicas run on GPUs or TPUs. Then one thread
-      is enough. On CPU replicas the host work competes with the passes for
-      the cores, so `_IdleExecutor` runs it on what the passes leave idle.
+      at normal priority is enough. On CPU replicas the host work competes
+      with the passes for the cores, so it runs at idle priority, one
+      thread per core.
   """
   # NOTE: the threaded path is tested on CPU replicas only; its gain on GPU
   # replicas is expected, not measured.
   if accelerated:
-    return concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="inc_tf_metrics")
-  return _IdleExecutor(_usable_cores())
+    return _HostPool(workers=1, idle=False)
+  return _HostPool(workers=_usable_cores(), idle=True)
 
 
-class _IdleExecutor:
-  """Thread pool for host work beside CPU replicas, at the lowest priority.
+class _HostPool:
+  """Thread pool for the host work of one measurement.
 
-  Each thread sets the Linux policy `SCHED_IDLE`, so it runs only when the pass
-  threads leave a core idle (between steps, between passes, and after the
-  last one). While the pool is open OpenBLAS uses one thread, the caller's,
-  because its own worker threads would run at normal priority and spin
-  while they wait. The passes do not use OpenBLAS: TensorFlow's kernels
-  are Eigen and oneDNN.
+  With `idle=True` each thread sets the Linux policy `SCHED_IDLE`, so it
+  runs only on cycles that the pass threads leave idle (between steps,
+  between passes, and after the last one), and OpenBLAS is held to one
+  thread, the caller's, while the pool is open: its own worker threads
+  would run at normal priority and spin while they wait. TensorFlow's CPU
+  kernels do not use OpenBLAS. Where `SCHED_IDLE` is missing (other
+  systems) the threads keep the normal priority.
 
-  Where `SCHED_IDLE` is missing (other systems) the threads keep the
-  normal priority.
+  An idle thread gets almost no CPU while another process keeps every core
+  busy, so `result` does not wait for a task that no thread has started,
+  or for one whose thread is starved: it runs the task in the calling
+  thread instead.
 
   Args:
     workers: Number of threads.
+    idle: Whether the threads run at idle priority.
   """
 
-  def __init__(self, workers):
+  def __init__(self, workers, idle):
     self._workers = workers
+    self._idle = idle
     self._limits = None
     self._pool = None
+    self._calls = {}
 
   def __enter__(self):
-    self._limits = threadpoolctl.threadpool_limits(limits=1)
+    initializer = None
+    if self._idle:
+      self._limits = threadpoolctl.threadpool_limits(limits=1)
+      initializer = _lower_thread_priority
     self._pool = concurrent.futures.ThreadPoolExecutor(
-        max_workers=self._workers, thread_name_prefix="inc_tf_idle",
-        initializer=_lower_thread_priority)
+        max_workers=self._workers, thread_name_prefix="inc_tf_host",
+        initializer=initializer)
     return self
 
   def __exit__(self, *exc_info):
-    try:
-      self._pool.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
-    finally:
+    # Results are read through `result` before the pool closes, so what is
+    # still queued is not needed, and a thread still running computes a
+    # copy. Waiting for it could take long while it is starved.
+    self._pool.shutdown(wait=False, cancel_futures=True)
+    if self._limits is not None:
       self._limits.restore_original_limits()
     return False
 
   def submit(self, function, *args, **kwargs):
-    return self._pool.submit(function, *args, **kwargs)
+    """Start `function(*args, **kwargs)` in the pool and return its future.
+
+    Read the result with `result` before the pool closes: closing cancels
+    what has not started.
+    """
+    runner = {}
+    future = self._pool.submit(_run_recording_thread, runner, function,
+                               args, kwargs)
+    self._calls[future] = (runner, function, args, kwargs)
+    return future
+
+  def result(self, future):
+    """Return the result of a future from `submit`, or raise its error.
+
+    A task that no thread has started runs here. With idle threads, a
+    running task also runs here when its thread got less than a quarter of
+    a core over `STARVED_CHECK_SECONDS`, and the pool's copy is ignored.
+    """
+    runner, function, args, kwargs = self._calls[future]
+    if future.cancel():
+      return function(*args, **kwargs)
+
+    while True:
+      before = _thread_cpu_seconds(runner.get("thread"))
+      try:
+        return future.result(timeout=STARVED_CHECK_SECONDS)
+      except concurrent.futures.TimeoutError:
+        after = _thread_cpu_seconds(runner.get("thread"))
+        if (self._idle and before is not None and after is not None
+            and after - before < STARVED_CHECK_SECONDS / 4):
+          logging.info("A host metric thread is starved by other processes; "
+                       "computing %s in the calling thread.",
+                       function.__name__)
+          return function(*args, **kwargs)
+
+
+def _run_recording_thread(runner, function, args, kwargs):
+  """Call `function(*args, **kwargs)` after storing this thread's id in `runner`."""
+  runner["thread"] = threading.get_ident()
+  return function(*args, **kwargs)
+
+
+def _thread_cpu_seconds(thread_id):
+  """Return the CPU seconds of a live thread, or None where unknown."""
+  if thread_id is None or not hasattr(time, "pthread_getcpuclockid"):
+    return None
+  try:
+    return time.clock_gettime(time.pthread_getcpuclockid(thread_id))
+  except (OSError, OverflowError):
+    return None
 
 
 def _lower_thread_priority():

@@ -2,6 +2,8 @@
 
 import json
 import os
+import threading
+import time
 
 import keras
 import numpy as np
@@ -420,13 +422,62 @@ def test_idle_pool_spectra_match_one_by_one():
   with measurement._host_executor(accelerated=False) as pool:  # pylint: disable=protected-access
     futures = [pool.submit(metrics.dense_kernel_spectrum, kernel, 3)
                for kernel in kernels]
+    spectra = [pool.result(future) for future in futures]
 
-  for kernel, future in zip(kernels, futures):
+  for kernel, spectrum in zip(kernels, spectra):
     # One BLAS thread sums in another order than several.
-    for pooled, alone in zip(future.result(),
+    for pooled, alone in zip(spectrum,
                              metrics.dense_kernel_spectrum(kernel, 3)):
       np.testing.assert_allclose(np.abs(pooled), np.abs(alone),
                                  rtol=1e-10, atol=1e-12)
+
+
+def test_host_pool_runs_unstarted_task_in_caller():
+  release = threading.Event()
+  with measurement._HostPool(workers=1, idle=True) as pool:  # pylint: disable=protected-access
+    blocker = pool.submit(release.wait, 60)
+    queued = pool.submit(threading.get_ident)
+
+    assert pool.result(queued) == threading.get_ident()
+    release.set()
+    assert pool.result(blocker)
+
+
+def test_host_pool_runs_starved_task_in_caller():
+  # A sleeping thread uses no CPU time, like a starved idle thread.
+  release = threading.Event()
+  calls = []
+
+  def slow_identity(value):
+    calls.append(threading.get_ident())
+    if len(calls) == 1:
+      release.wait(60)
+    return value
+
+  with measurement._HostPool(workers=1, idle=True) as pool:  # pylint: disable=protected-access
+    future = pool.submit(slow_identity, 7)
+    while not calls:
+      time.sleep(0.01)
+
+    assert pool.result(future) == 7
+    assert calls[-1] == threading.get_ident()
+    assert not future.done()
+    release.set()
+
+
+def test_host_pool_waits_for_busy_thread():
+  def spin_then_identify(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+      pass
+    return threading.get_ident()
+
+  # Nothing else in this process needs the cores, so the idle thread runs.
+  with measurement._HostPool(workers=1, idle=True) as pool:  # pylint: disable=protected-access
+    future = pool.submit(spin_then_identify, 3 * measurement.STARVED_CHECK_SECONDS)
+    time.sleep(0.05)
+
+    assert pool.result(future) != threading.get_ident()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux only")
@@ -435,7 +486,7 @@ def test_idle_pool_priority_and_blas_threads():
                  for info in threadpoolctl.threadpool_info()]
 
   with measurement._host_executor(accelerated=False) as pool:  # pylint: disable=protected-access
-    policy = pool.submit(os.sched_getscheduler, 0).result()
+    policy = pool.result(pool.submit(os.sched_getscheduler, 0))
     blas_inside = [info["num_threads"]
                    for info in threadpoolctl.threadpool_info()]
 
