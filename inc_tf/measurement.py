@@ -835,9 +835,9 @@ class _HostPool:
         after = _thread_cpu_seconds(runner.get("thread"))
         if (self._idle and before is not None and after is not None
             and after - before < STARVED_CHECK_SECONDS / 4):
-          logging.info("A host metric thread is starved by other processes; "
-                       "computing %s in the calling thread.",
-                       function.__name__)
+          logging.info("A host metric thread is starved by other processes, "
+                       "so %s runs in the calling thread.",
+                       getattr(function, "__name__", function))
           return function(*args, **kwargs)
 
 
