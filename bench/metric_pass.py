@@ -43,7 +43,8 @@ loaded, and says so.
 Run: python bench/metric_pass.py [--subset=60000] [--test_subset=10000]
   [--conv_subset=2000] [--models=mlp,convnet] [--batch_sizes=128,1000]
   [--conv_batch_size=128]
-  [--repeats=3] [--jit_compile=auto] [--max_covariance_dim=4096]
+  [--repeats=3] [--jit_compile=auto] [--host_scatter=auto]
+  [--max_covariance_dim=4096]
   [--max_group=4]
 """
 
@@ -71,6 +72,10 @@ _TEST_SUBSET = flags.DEFINE_integer(
 _JIT = flags.DEFINE_enum(
     "jit_compile", "auto", ["auto", "true", "false"],
     "XLA for the measurement's batch step; see StreamingMeasurement.")
+_HOST_SCATTER = flags.DEFINE_enum(
+    "host_scatter", "auto", ["auto", "true", "false"],
+    "Whether the measurement computes the p x p scatters with host BLAS "
+    "beside the next step; see StreamingMeasurement.")
 _MAX_COVARIANCE_DIM = flags.DEFINE_integer(
     "max_covariance_dim", 4096, "Widest point whose p x p scatter the "
     "measurement forms (exact lambda_max); wider points use the Krylov "
@@ -173,9 +178,10 @@ def _status_kib(field):
 def _benchmark(name, model, x_train, y_train, x_test, y_test, batch_size):
   train = data_lib.eval_batches(x_train, y_train, batch_size)
   test = data_lib.eval_batches(x_test, y_test, batch_size)
-  jit_compile = {"auto": "auto", "true": True, "false": False}[_JIT.value]
+  choices = {"auto": "auto", "true": True, "false": False}
   streaming = measurement.StreamingMeasurement(
-      model, jit_compile=jit_compile,
+      model, jit_compile=choices[_JIT.value],
+      host_scatter=choices[_HOST_SCATTER.value],
       max_covariance_dim=_MAX_COVARIANCE_DIM.value)
   inferences = {xla: _inference_pass(model, xla) for xla in (False, True)}
 
@@ -199,6 +205,7 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test, batch_size):
 
   print(f"{name}: {len(x_train)} train + {len(x_test)} test images, batch "
         f"{batch_size}, measurement jit_compile={_JIT.value}, "
+        f"host_scatter={_HOST_SCATTER.value}, "
         f"max_covariance_dim={_MAX_COVARIANCE_DIM.value}, "
         f"max_group={_MAX_GROUP.value}, "
         f"{_REPEATS.value} paired runs (median, min-max)")

@@ -24,7 +24,10 @@ Passes over the data, each one forward pass of the probe model:
 All per-batch work runs inside `tf.function`s on the strategy's devices:
 float32 matmuls (float64 for float64 models) on shifted or centred
 features, accumulated across batches in float64. The `p x p` scatter is
-computed as its upper block triangle. Each step takes a group of up to
+computed as its upper block triangle, on GPU or TPU replicas by the
+replicas, on CPU replicas by host BLAS `syrk` in threads that multiply one
+step's features while the replicas run the next (`host_scatter`, see
+`_HostScatter`). Each step takes a group of up to
 `MAX_GROUP` batches (see `batch_group`), and scatter blocks are summed in
 float32 over at most `FOLD_BATCHES` batches before they are added in
 float64. Under a strategy with several replicas each replica works on its
@@ -138,11 +141,16 @@ class StreamingMeasurement:
     jit_compile: Whether each replica's batch step is compiled with XLA:
       True, False or "auto", which compiles it only when the strategy has
       one replica. Defaults to "auto".
+    host_scatter: Whether the `p x p` scatters are computed on the host
+      with BLAS `syrk` while the replicas run the next step, instead of on
+      the replicas: True, False or "auto", which does so only on CPU
+      replicas. Defaults to "auto".
   """
 
   def __init__(self, model, num_classes=None, strategy=None,
                max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
-               lambda_max_passes=0, probe=None, jit_compile="auto"):
+               lambda_max_passes=0, probe=None, jit_compile="auto",
+               host_scatter="auto"):
     if num_classes is None:
       num_classes = _num_classes_of(model)
     if isinstance(num_classes, bool) or not isinstance(
@@ -158,6 +166,10 @@ class StreamingMeasurement:
     if jit_compile not in (True, False, "auto"):
       raise ValueError(
           f"jit_compile must be True, False or 'auto', got {jit_compile!r}.")
+    if host_scatter not in (True, False, "auto"):
+      raise ValueError(
+          f"host_scatter must be True, False or 'auto', got "
+          f"{host_scatter!r}.")
     self._model = model
     self._num_classes = int(num_classes)
     self._strategy = strategy or tf.distribute.get_strategy()
@@ -170,6 +182,12 @@ class StreamingMeasurement:
     if jit_compile == "auto":
       jit_compile = self._strategy.num_replicas_in_sync == 1
     self._jit_compile = jit_compile
+    # For the 11 probe points of the paper's MLP on a 2-core CPU, one-thread
+    # OpenBLAS `syrk` took about 0.55 of the CPU time of the XLA block
+    # triangle, and it runs beside the next step's forward pass.
+    if host_scatter == "auto":
+      host_scatter = not runs_on_accelerators(self._strategy)
+    self._host_scatter = host_scatter
     if probe is None:
       probe = probe_lib.build_probe(model)
     self._probe_model, self._points = probe
@@ -462,11 +480,12 @@ class StreamingMeasurement:
     if key not in self._passes:
       self._passes[key] = self._build_pass(
           layouts, with_squares, scatter_blocks, with_ncc, group)
-    totals = {name: value.numpy()
-              for name, value in self._passes[key](dataset, constants).items()}
+    totals = {
+        name: value.numpy() if isinstance(value, tf.Tensor) else value
+        for name, value in self._passes[key](dataset, constants).items()}
 
     for position, blocks in enumerate(scatter_blocks):
-      if blocks is not None:
+      if blocks is not None and f"scatter_{position}" not in totals:
         totals[f"scatter_{position}"] = assemble_symmetric(
             [totals.pop(f"scatter_{position}_{block}")
              for block in range(len(blocks))],
@@ -491,6 +510,9 @@ class StreamingMeasurement:
     num_replicas = self._strategy.num_replicas_in_sync
     probe_model = self._probe_model
     strategy = self._strategy
+    host_scatter = self._host_scatter and any(scatter_blocks)
+    scatter_positions = [position for position, blocks
+                         in enumerate(scatter_blocks) if blocks]
 
     def step(images, labels, constants):
       outputs = probe_model(images, training=False)
@@ -525,7 +547,9 @@ class StreamingMeasurement:
           squares = tf.matmul(tf.square(shifted), tf.ones([dim, 1], dtype))
           totals[f"squares_{position}"] = tf.linalg.matvec(
               one_hot, tf.cast(squares[:, 0], tf.float64), transpose_a=True)
-        if scatter_blocks[position]:
+        if scatter_blocks[position] and host_scatter:
+          totals[f"features_{position}"] = shifted
+        elif scatter_blocks[position]:
           # The scatter is symmetric, so only the blocks on and above the
           # diagonal are multiplied. They stay in the compute dtype until
           # `run_chunk` adds them to the float64 totals.
@@ -607,6 +631,8 @@ class StreamingMeasurement:
     def zero_scatters(dtype_of):
       """Return zeros for every scatter block, in `dtype_of(layout)`."""
       zeros = {}
+      if host_scatter:
+        return zeros
       for position, layout in enumerate(layouts):
         for block, (start, stop) in enumerate(scatter_blocks[position] or []):
           zeros[f"scatter_{position}_{block}"] = tf.zeros(
@@ -658,7 +684,54 @@ class StreamingMeasurement:
         if int(count) < chunk_steps:
           return totals
 
-    return run
+    if not host_scatter:
+      return run
+
+    @tf.function(reduce_retracing=True)
+    def host_step(element, totals, constants):
+      """Return `totals` plus one element's sums, and its features."""
+      per_replica = strategy.run(replica_step, args=(element, constants))
+      features = {
+          position: strategy.experimental_local_results(
+              per_replica.pop(f"features_{position}"))
+          for position in scatter_positions}
+      batch_totals = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
+                                     axis=None)
+      return tf.nest.map_structure(tf.add, totals, batch_totals), features
+
+    def run_with_host_scatter(dataset, constants):
+      """Run the pass step by step, with the scatters in host threads.
+
+      The host threads multiply step k's features while the replicas run
+      step k + 1. The loop waits for them before it hands over step k + 1.
+      So at most one `add` per point runs at a time, and at most two steps
+      of features are held.
+      """
+      totals = zero_totals(constants)
+      scatter = _HostScatter(
+          [layouts[position].dim for position in scatter_positions],
+          [layouts[position].compute_dtype.as_numpy_dtype
+           for position in scatter_positions],
+          fold_steps=chunk_steps)
+      with _HostPool(workers=_usable_cores(), idle=False) as pool, \
+          threadpoolctl.threadpool_limits(limits=1):
+        running = []
+        for element in dataset:
+          totals, features = host_step(element, totals, constants)
+          for future in running:
+            pool.result(future)
+          running = [
+              pool.submit(scatter.add, slot,
+                          [part.numpy() for part in features[position]])
+              for slot, position in enumerate(scatter_positions)]
+        for future in running:
+          pool.result(future)
+      totals = dict(totals)
+      for slot, position in enumerate(scatter_positions):
+        totals[f"scatter_{position}"] = scatter.result(slot)
+      return totals
+
+    return run_with_host_scatter
 
 
 def batch_group(batch_rows, row_bytes):
@@ -723,6 +796,64 @@ def assemble_symmetric(blocks, ranges):
     square = matrix[start:stop, start:stop]
     square[...] = np.triu(square) + np.triu(square, 1).T
   return matrix
+
+
+class _HostScatter:
+  """Accumulator of `D^T D` of the features of several points, on the host.
+
+  NumPy computes `D^T D` with BLAS `syrk`, which multiplies only one
+  triangle, and releases the GIL while it runs. SciPy's `syrk` wrapper
+  holds the GIL. Each point's products are summed in the features' dtype
+  over at most `fold_steps` calls of `add`, then added to float64 totals,
+  as the replicas' scatter blocks are.
+
+  `add` may run in several threads at once for different points, never for
+  the same point.
+
+  Args:
+    dims: Feature size `p` of each point.
+    dtypes: NumPy dtype of each point's features, float32 or float64.
+    fold_steps: Calls of `add` per point between float64 folds.
+  """
+
+  def __init__(self, dims, dtypes, fold_steps):
+    self._pending = [np.zeros((dim, dim), dtype)
+                     for dim, dtype in zip(dims, dtypes)]
+    self._totals = [np.zeros((dim, dim)) for dim in dims]
+    self._steps = [0] * len(dims)
+    self._fold_steps = fold_steps
+    self._scratch = threading.local()
+
+  def add(self, slot, parts):
+    """Add `D^T D` of each `(rows, p)` array in `parts` to point `slot`."""
+    pending = self._pending[slot]
+    for part in parts:
+      if part.shape[0]:
+        product = self._scratch_like(pending)
+        np.dot(part.T, part, out=product)
+        pending += product
+    self._steps[slot] += 1
+    if self._steps[slot] >= self._fold_steps:
+      self._fold(slot)
+
+  def _scratch_like(self, matrix):
+    """Return this thread's scratch array of the shape and dtype of `matrix`."""
+    key = (matrix.shape, matrix.dtype)
+    arrays = self._scratch.__dict__.setdefault("arrays", {})
+    if key not in arrays:
+      arrays[key] = np.empty_like(matrix)
+    return arrays[key]
+
+  def _fold(self, slot):
+    self._totals[slot] += self._pending[slot]
+    self._pending[slot].fill(0)
+    self._steps[slot] = 0
+
+  def result(self, slot):
+    """Return the float64 sum of point `slot`, exactly symmetric."""
+    self._fold(slot)
+    upper = np.triu(self._totals[slot])
+    return upper + np.triu(upper, 1).T
 
 
 def runs_on_accelerators(strategy):
@@ -819,11 +950,15 @@ class _HostPool:
   def result(self, future):
     """Return the result of a future from `submit`, or raise its error.
 
+    A second call for the same future raises KeyError.
+
     A task that no thread has started runs here. With idle threads, a
     running task also runs here when its thread got less than a quarter of
     a core over `STARVED_CHECK_SECONDS`, and the pool's copy is ignored.
     """
-    runner, function, args, kwargs = self._calls[future]
+    # The entry is dropped here, because its arguments can be large, such as
+    # a step's features.
+    runner, function, args, kwargs = self._calls.pop(future)
     if future.cancel():
       return function(*args, **kwargs)
 
@@ -931,7 +1066,8 @@ def _centred_stats(totals, position, layout, means, counts):
 
 def measure(model, train_dataset, test_dataset=None, num_classes=None,
             strategy=None, max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
-            lambda_max_passes=0, probe=None, jit_compile="auto"):
+            lambda_max_passes=0, probe=None, jit_compile="auto",
+            host_scatter="auto"):
   """Measure the collapse metrics of every probe point of a classifier.
 
   Example:
@@ -952,6 +1088,7 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
     probe: `(probe_model, points)` from `inc_tf.probe.build_probe`, to reuse.
       Defaults to None.
     jit_compile: See `StreamingMeasurement`. Defaults to "auto".
+    host_scatter: See `StreamingMeasurement`. Defaults to "auto".
 
   Returns:
     `{"train": [...], "test": [...]}`, see `StreamingMeasurement.measure`.
@@ -960,5 +1097,5 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
       model, num_classes=num_classes, strategy=strategy,
       max_covariance_dim=max_covariance_dim,
       lambda_max_passes=lambda_max_passes, probe=probe,
-      jit_compile=jit_compile)
+      jit_compile=jit_compile, host_scatter=host_scatter)
   return measurement.measure(train_dataset, test_dataset)

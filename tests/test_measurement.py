@@ -1,9 +1,11 @@
 """Tests of inc_tf.measurement: streamed batches against in-memory arrays."""
 
+import gc
 import json
 import os
 import threading
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -282,6 +284,35 @@ def test_invalid_jit_compile_raises():
     measurement.StreamingMeasurement(model, jit_compile="yes")
 
 
+def test_invalid_host_scatter_raises():
+  model = tiny_mlp()
+
+  with pytest.raises(ValueError, match="host_scatter must be.*'never'"):
+    measurement.StreamingMeasurement(model, host_scatter="never")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_scatter_matches_full_product(dtype):
+  rng = np.random.default_rng(0)
+  steps = [[rng.normal(size=(7, 300)), rng.normal(size=(0, 300))],
+           [rng.normal(size=(12, 300))],
+           [rng.normal(size=(1, 300)), rng.normal(size=(5, 300))]]
+  scatter = measurement._HostScatter([4, 300], [dtype, dtype], fold_steps=2)
+
+  for parts in steps:
+    scatter.add(1, [part.astype(dtype) for part in parts])
+  scatter.add(0, [np.ones((3, 4), dtype)])
+  total = scatter.result(1)
+
+  features = np.concatenate([part.astype(dtype) for parts in steps
+                             for part in parts]).astype(np.float64)
+  rtol = 1e-5 if dtype == np.float32 else 1e-12
+  np.testing.assert_allclose(total, features.T @ features, rtol=rtol,
+                             atol=rtol)
+  np.testing.assert_array_equal(total, total.T)
+  np.testing.assert_array_equal(scatter.result(0), np.full((4, 4), 3.0))
+
+
 @pytest.mark.parametrize("dim", [1, 100, 255, 256, 784, 1024, 4096])
 def test_triangle_blocks_partition(dim):
   ranges = measurement.triangle_blocks(dim)
@@ -309,10 +340,11 @@ def test_assemble_symmetric_matches_full_product():
   np.testing.assert_array_equal(assembled, assembled.T)
 
 
-def test_blocked_scatter_over_chunks_matches_arrays(monkeypatch):
-  # A 300-wide point splits into 4 scatter blocks, and one-step chunks (of
-  # 4 batches) make the pass fold its float32 blocks into float64 several
-  # times.
+@pytest.mark.parametrize("host_scatter", [True, False])
+def test_blocked_scatter_over_chunks_matches_arrays(monkeypatch, host_scatter):
+  # A 300-wide point splits into 4 scatter blocks on the replicas, and
+  # one-step chunks (of 4 batches) make the pass fold its float32 sums into
+  # float64 several times, on the host too.
   monkeypatch.setattr(measurement, "SCATTER_BLOCK_MIN_WIDTH", 64)
   monkeypatch.setattr(measurement, "FOLD_BATCHES", 2)
   keras.utils.set_random_seed(0)
@@ -322,7 +354,8 @@ def test_blocked_scatter_over_chunks_matches_arrays(monkeypatch):
   model = keras.Model(inputs, logits)
   images, labels = make_data((300,), num_samples=230, offset=50.0)
 
-  results = measurement.measure(model, batches(images, labels, batch_size=16))
+  results = measurement.measure(model, batches(images, labels, batch_size=16),
+                                host_scatter=host_scatter)
 
   expected = array_metrics(model, images, labels)
   for streamed, reference in zip(results["train"], expected):
@@ -404,12 +437,14 @@ def test_accelerator_host_thread_matches_idle_pool(monkeypatch):
   images, labels = make_data((6,))
   test_images, test_labels = make_data((6,), num_samples=90, seed=1)
   idle_pool = measurement.measure(model, batches(images, labels),
-                                  batches(test_images, test_labels))
+                                  batches(test_images, test_labels),
+                                  host_scatter=True)
 
   monkeypatch.setattr(measurement, "runs_on_accelerators",
                       lambda strategy: True)
   one_thread = measurement.measure(model, batches(images, labels),
-                                   batches(test_images, test_labels))
+                                   batches(test_images, test_labels),
+                                   host_scatter=True)
 
   assert one_thread == idle_pool
 
@@ -481,6 +516,21 @@ def test_host_pool_waits_for_busy_thread():
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux only")
+def test_host_pool_releases_arguments_after_result():
+  class Payload:
+    pass
+
+  payload = Payload()
+  reference = weakref.ref(payload)
+  with measurement._HostPool(workers=1, idle=False) as pool:  # pylint: disable=protected-access
+    future = pool.submit(lambda value: 1, payload)
+    assert pool.result(future) == 1
+    del payload, future
+    gc.collect()
+
+    assert reference() is None
+
+
 def test_idle_pool_priority_and_blas_threads():
   blas_before = [info["num_threads"]
                  for info in threadpoolctl.threadpool_info()]
