@@ -183,8 +183,10 @@ class StreamingMeasurement:
       jit_compile = self._strategy.num_replicas_in_sync == 1
     self._jit_compile = jit_compile
     # For the 11 probe points of the paper's MLP on a 2-core CPU, one-thread
-    # OpenBLAS `syrk` took about 0.55 of the CPU time of the XLA block
+    # OpenBLAS `syrk` took about 0.57 of the CPU time of the XLA block
     # triangle, and it runs beside the next step's forward pass.
+    # NOTE: in full benchmarks this lowered the CPU time of a measurement
+    # by about a tenth, but no wall-time gain was shown beyond the noise.
     if host_scatter == "auto":
       host_scatter = not runs_on_accelerators(self._strategy)
     self._host_scatter = host_scatter
