@@ -41,8 +41,10 @@ priority, see `_HostPool`).
 """
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import functools
+import itertools
 import os
 import threading
 import time
@@ -803,11 +805,15 @@ def assemble_symmetric(blocks, ranges):
 class _HostScatter:
   """Accumulator of `D^T D` of the features of several points, on the host.
 
-  NumPy computes `D^T D` with BLAS `syrk`, which multiplies only one
-  triangle, and releases the GIL while it runs. SciPy's `syrk` wrapper
-  holds the GIL. Each point's products are summed in the features' dtype
-  over at most `fold_steps` calls of `add`, then added to float64 totals,
-  as the replicas' scatter blocks are.
+  The products are computed with BLAS `syrk`, which multiplies only the
+  upper triangle. Where an OpenBLAS is loaded, `syrk` is called directly
+  through `ctypes` (`_blas_syrk`) and adds into the running sum.
+  Otherwise `np.dot(D.T, D)` calls it, fills the lower triangle, and the
+  product is added. For a `1000 x 1024` float32 step the direct call took
+  0.75 of the time of `np.dot`. Both release the GIL. SciPy's `syrk`
+  wrapper holds it, so it is not used. Each point's products are summed in the
+  features' dtype over at most `fold_steps` calls of `add`, then added to
+  float64 totals, as the replicas' scatter blocks are.
 
   `add` may run in several threads at once for different points, never for
   the same point.
@@ -816,21 +822,33 @@ class _HostScatter:
     dims: Feature size `p` of each point.
     dtypes: NumPy dtype of each point's features, float32 or float64.
     fold_steps: Calls of `add` per point between float64 folds.
+    direct_blas: Whether to call OpenBLAS `syrk` directly where it is
+      found; False always takes the `np.dot` route.
   """
 
-  def __init__(self, dims, dtypes, fold_steps):
+  def __init__(self, dims, dtypes, fold_steps, direct_blas=True):
     self._pending = [np.zeros((dim, dim), dtype)
                      for dim, dtype in zip(dims, dtypes)]
     self._totals = [np.zeros((dim, dim)) for dim in dims]
     self._steps = [0] * len(dims)
     self._fold_steps = fold_steps
     self._scratch = threading.local()
+    self._syrk = [_blas_syrk(np.dtype(dtype)) if direct_blas else None
+                  for dtype in dtypes]
 
   def add(self, slot, parts):
-    """Add `D^T D` of each `(rows, p)` array in `parts` to point `slot`."""
+    """Add `D^T D` of each `(rows, p)` array in `parts` to point `slot`.
+
+    Only the upper triangle of the running sum is kept up to date.
+    """
     pending = self._pending[slot]
+    syrk = self._syrk[slot]
     for part in parts:
-      if part.shape[0]:
+      if not part.shape[0]:
+        continue
+      if syrk is not None:
+        syrk(np.ascontiguousarray(part, pending.dtype), pending)
+      else:
         product = self._scratch_like(pending)
         np.dot(part.T, part, out=product)
         pending += product
@@ -856,6 +874,87 @@ class _HostScatter:
     self._fold(slot)
     upper = np.triu(self._totals[slot])
     return upper + np.triu(upper, 1).T
+
+
+# Constants of the CBLAS interface (cblas.h).
+_CBLAS_ROW_MAJOR = 101
+_CBLAS_UPPER = 121
+_CBLAS_TRANS = 112
+
+
+@functools.cache
+def _blas_syrk(dtype):
+  """Return a direct OpenBLAS `syrk` for `dtype`, or None where none is found.
+
+  The returned `syrk(part, total)` adds the upper triangle of
+  `part^T part` to that of `total` in place, with `part` a C-contiguous
+  `(rows, p)` array and `total` a C-contiguous `(p, p)` array, both of
+  `dtype`. It calls `cblas_ssyrk` or `cblas_dsyrk` of an OpenBLAS that is
+  loaded in the process (NumPy's wheels bundle one) through `ctypes`,
+  which releases the GIL during the call.
+
+  The symbol names and the integer width come from the library itself:
+  NumPy's and SciPy's wheels prefix their symbols with `scipy_`, 64-bit
+  integer builds add the suffix `64_`, and `openblas_get_config` reports
+  `USE64BITINT`. The first call checks the function on a small product,
+  and a function that disagrees with NumPy is not used.
+
+  Args:
+    dtype: `np.dtype` of the features, float32 or float64.
+  """
+  letter = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}.get(dtype)
+  if letter is None:
+    return None
+  scalar = ctypes.c_float if letter == "s" else ctypes.c_double
+  for info in threadpoolctl.threadpool_info():
+    if info.get("internal_api") != "openblas":
+      continue
+    try:
+      library = ctypes.CDLL(info["filepath"])
+    except OSError:
+      continue
+    for prefix, suffix in itertools.product(("scipy_", ""), ("64_", "")):
+      function = getattr(library, f"{prefix}cblas_{letter}syrk{suffix}", None)
+      get_config = getattr(library, f"{prefix}openblas_get_config{suffix}",
+                           None)
+      if function is None or get_config is None:
+        continue
+      get_config.restype = ctypes.c_char_p
+      get_config.argtypes = []
+      integer = (ctypes.c_int64 if b"USE64BITINT" in get_config()
+                 else ctypes.c_int)
+      function.restype = None
+      function.argtypes = (
+          [ctypes.c_int] * 3 + [integer] * 2
+          + [scalar, ctypes.c_void_p, integer, scalar, ctypes.c_void_p,
+             integer])
+      syrk = functools.partial(_call_syrk, function)
+      if _syrk_agrees_with_numpy(syrk, dtype):
+        return syrk
+  return None
+
+
+def _call_syrk(function, part, total):
+  """Add the upper triangle of `part^T part` to `total` with CBLAS `function`."""
+  rows, dim = part.shape
+  if (total.shape != (dim, dim) or part.dtype != total.dtype
+      or not part.flags.c_contiguous or not total.flags.c_contiguous):
+    raise ValueError(
+        f"Invalid arrays for syrk: {part.shape} {part.dtype} and "
+        f"{total.shape} {total.dtype}. Pass C-contiguous arrays of one "
+        f"dtype with shapes (rows, p) and (p, p).")
+  function(_CBLAS_ROW_MAJOR, _CBLAS_UPPER, _CBLAS_TRANS, dim, rows, 1.0,
+           part.ctypes.data, dim, 1.0, total.ctypes.data, dim)
+
+
+def _syrk_agrees_with_numpy(syrk, dtype):
+  """Return whether `syrk` computes a small `D^T D` as NumPy does."""
+  part = np.arange(15, dtype=dtype).reshape(5, 3) / 7
+  total = np.ones((3, 3), dtype)
+  syrk(part, total)
+  expected = np.triu(part.T @ part + 1)
+  return bool(np.allclose(np.triu(total), expected, rtol=1e-5)
+              and np.all(total[np.tril_indices(3, -1)] == 1))
 
 
 def runs_on_accelerators(strategy):

@@ -291,13 +291,15 @@ def test_invalid_host_scatter_raises():
     measurement.StreamingMeasurement(model, host_scatter="never")
 
 
+@pytest.mark.parametrize("direct_blas", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_host_scatter_matches_full_product(dtype):
+def test_host_scatter_matches_full_product(dtype, direct_blas):
   rng = np.random.default_rng(0)
   steps = [[rng.normal(size=(7, 300)), rng.normal(size=(0, 300))],
            [rng.normal(size=(12, 300))],
            [rng.normal(size=(1, 300)), rng.normal(size=(5, 300))]]
-  scatter = measurement._HostScatter([4, 300], [dtype, dtype], fold_steps=2)
+  scatter = measurement._HostScatter([4, 300], [dtype, dtype], fold_steps=2,
+                                     direct_blas=direct_blas)
 
   for parts in steps:
     scatter.add(1, [part.astype(dtype) for part in parts])
@@ -311,6 +313,49 @@ def test_host_scatter_matches_full_product(dtype):
                              atol=rtol)
   np.testing.assert_array_equal(total, total.T)
   np.testing.assert_array_equal(scatter.result(0), np.full((4, 4), 3.0))
+
+
+def _numpy_blas_is_openblas():
+  return any(info.get("internal_api") == "openblas"
+             for info in threadpoolctl.threadpool_info())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_syrk_adds_upper_triangle(dtype):
+  if not _numpy_blas_is_openblas():
+    pytest.skip("No OpenBLAS is loaded, so the direct syrk is not used.")
+  syrk = measurement._blas_syrk(np.dtype(dtype))
+  rng = np.random.default_rng(1)
+  part = rng.normal(size=(50, 40)).astype(dtype)
+  start = rng.normal(size=(40, 40)).astype(dtype)
+  total = start.copy()
+
+  syrk(part, total)
+
+  expected = start.astype(np.float64) + part.T.astype(np.float64) @ part
+  upper = np.triu_indices(40)
+  lower = np.tril_indices(40, -1)
+  rtol = 1e-5 if dtype == np.float32 else 1e-12
+  np.testing.assert_allclose(total[upper], expected[upper], rtol=rtol,
+                             atol=rtol)
+  np.testing.assert_array_equal(total[lower], start[lower])
+
+
+def test_direct_syrk_rejects_mismatched_arrays():
+  if not _numpy_blas_is_openblas():
+    pytest.skip("No OpenBLAS is loaded, so the direct syrk is not used.")
+  syrk = measurement._blas_syrk(np.dtype(np.float32))
+
+  with pytest.raises(ValueError, match=r"\(6, 5\) float64"):
+    syrk(np.ones((6, 5)), np.zeros((5, 5), np.float32))
+  with pytest.raises(ValueError, match="C-contiguous"):
+    syrk(np.ones((5, 6), np.float32).T, np.zeros((5, 5), np.float32))
+  with pytest.raises(ValueError, match=r"\(4, 4\) float32"):
+    syrk(np.ones((6, 5), np.float32), np.zeros((4, 4), np.float32))
+
+
+def test_no_direct_syrk_for_other_dtypes():
+  assert measurement._blas_syrk(np.dtype(np.float16)) is None
 
 
 @pytest.mark.parametrize("dim", [1, 100, 255, 256, 784, 1024, 4096])
