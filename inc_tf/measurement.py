@@ -724,9 +724,10 @@ class StreamingMeasurement:
           totals, features = host_step(element, totals, constants)
           for future in running:
             pool.result(future)
+          # `np.asarray` shares the tensor's buffer, where `numpy()` copies.
           running = [
               pool.submit(scatter.add, slot,
-                          [part.numpy() for part in features[position]])
+                          [np.asarray(part) for part in features[position]])
               for slot, position in enumerate(scatter_positions)]
         for future in running:
           pool.result(future)
