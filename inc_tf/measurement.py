@@ -472,10 +472,18 @@ class StreamingMeasurement:
     constants["right"] = [_as_tensor(r) for r in rights]
     constants["basis"] = [_as_tensor(b) for b in bases]
     if with_ncc:
-      origins = [m[ncc_valid].mean(axis=0) for m in ncc_means]
-      constants["ncc_means"] = [
-          _as_tensor(m - o) for m, o in zip(ncc_means, origins)]
-      constants["ncc_origin"] = [_as_tensor(o) for o in origins]
+      # NC4 compares `m_c . (h - o)` across classes, and `h - o` equals
+      # `d + (s_y - o)` for the shifted features `d`, so the step computes
+      # `m_c . d + offsets[c, y]` without a second centred copy of `h`.
+      constants["ncc_means"] = []
+      constants["ncc_offsets"] = []
+      for means, shift, layout in zip(ncc_means, shifts, layouts):
+        origin = means[ncc_valid].mean(axis=0)
+        rounded_shift = shift.astype(
+            layout.compute_dtype.as_numpy_dtype).astype(np.float64)
+        constants["ncc_means"].append(_as_tensor(means - origin))
+        constants["ncc_offsets"].append(_as_tensor(
+            (means - origin) @ (rounded_shift - origin).T))
       constants["ncc_penalty"] = tf.constant(
           np.where(ncc_valid, 0.0, np.inf), tf.float32)
 
@@ -572,13 +580,14 @@ class StreamingMeasurement:
               tf.matmul(projected, projected, transpose_a=True), tf.float64)
 
         if with_ncc:
-          centred = feature - tf.cast(constants["ncc_origin"][position], dtype)
           means = tf.cast(constants["ncc_means"][position], dtype)
+          offsets = tf.cast(constants["ncc_offsets"][position], dtype)
           # Distances are `(C, batch)`: XLA on CPU computed this product
           # twice as fast as its `(batch, C)` transpose.
-          distances = (
-              -2 * tf.matmul(means, centred, transpose_b=True)
-              + tf.reduce_sum(tf.square(means), axis=1)[:, None])
+          products = (tf.matmul(means, shifted, transpose_b=True)
+                      + tf.gather(offsets, safe_labels, axis=1))
+          distances = (-2 * products
+                       + tf.reduce_sum(tf.square(means), axis=1)[:, None])
           distances = tf.cast(distances, tf.float32) + constants[
               "ncc_penalty"][:, None]
           nearest = tf.argmin(distances, axis=0, output_type=tf.int32)
