@@ -46,6 +46,7 @@ test: $(STAMP) data
 bench: $(STAMP) data
 	$(PY) bench/train_step.py
 	$(PY) bench/metric_pass.py
+	$(PY) bench/measurement_passes.py
 	$(PY) bench/host_linalg.py
 
 clean-runs:

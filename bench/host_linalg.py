@@ -15,6 +15,9 @@ MLP):
   pool.
   Wall and process CPU seconds are printed, because extra BLAS threads can
   cost CPU time without saving wall time.
+- One step of the host scatter (`measurement._HostScatter.add`) on a
+  `--scatter_rows x dim` float32 block with one BLAS thread: OpenBLAS
+  `syrk` called directly against NumPy's `dot(D.T, D)` plus the add.
 
 The inputs are a Gaussian kernel and the scatter of random ReLU features
 with a few strong directions. Each timing is the median over `--repeats`
@@ -22,6 +25,7 @@ runs, and the ratio new / old is printed. Both results are checked against
 each other.
 
 Run: python bench/host_linalg.py [--dim=1024] [--repeats=7]
+  [--scatter_rows=1000]
 """
 
 import os
@@ -35,6 +39,7 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import scipy.linalg  # pylint: disable=g-import-not-at-top,wrong-import-position
+import threadpoolctl  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from inc_tf import measurement  # pylint: disable=g-import-not-at-top,wrong-import-position
 from inc_tf import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -42,6 +47,8 @@ from inc_tf import metrics  # pylint: disable=g-import-not-at-top,wrong-import-p
 _DIM = flags.DEFINE_integer("dim", 1024, "Matrix size p.", lower_bound=300)
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed runs per method.",
                                 lower_bound=1)
+_SCATTER_ROWS = flags.DEFINE_integer(
+    "scatter_rows", 1000, "Rows of one host-scatter step.", lower_bound=1)
 
 NUM_VECTORS = 9
 
@@ -131,6 +138,26 @@ def main(argv):
         f"{new_wall:.2f} s wall, {new_cpu:.2f} s CPU; one after another: "
         f"{old_wall:.2f} s wall, {old_cpu:.2f} s CPU; ratios "
         f"{new_wall / old_wall:.2f} wall, {new_cpu / old_cpu:.2f} CPU")
+
+  block = rng.normal(size=(_SCATTER_ROWS.value, dim)).astype(np.float32)
+  sums = {}
+  times = {}
+  with threadpoolctl.threadpool_limits(limits=1):
+    for direct in (True, False):
+      scatter_sum = measurement._HostScatter(  # pylint: disable=protected-access
+          [dim], [np.float32], fold_steps=repeats + 1, direct_blas=direct)
+      times[direct] = _median_seconds(
+          lambda: scatter_sum.add(0, [block]), repeats)  # pylint: disable=cell-var-from-loop
+      sums[direct] = scatter_sum.result(0)
+  if measurement._blas_syrk(np.dtype(np.float32)) is None:  # pylint: disable=protected-access
+    print("host scatter step: no OpenBLAS found, both runs used np.dot")
+  difference = np.max(np.abs(sums[True] - sums[False])) / np.max(
+      np.abs(sums[False]))
+  print(f"host scatter step, {_SCATTER_ROWS.value} x {dim} float32, one "
+        f"BLAS thread: direct syrk {times[True] * 1000:.1f} ms, np.dot and "
+        f"add {times[False] * 1000:.1f} ms, ratio "
+        f"{times[True] / times[False]:.2f}; sums differ by {difference:.1e} "
+        f"(relative)")
 
 
 if __name__ == "__main__":
