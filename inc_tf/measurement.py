@@ -187,8 +187,8 @@ class StreamingMeasurement:
     # For the 11 probe points of the paper's MLP on a 2-core CPU, one-thread
     # OpenBLAS `syrk` took about 0.57 of the CPU time of the XLA block
     # triangle, and it runs beside the next step's forward pass.
-    # NOTE: in full benchmarks this lowered the CPU time of a measurement
-    # by about a tenth, but no wall-time gain was shown beyond the noise.
+    # NOTE: the GPU and TPU default (XLA blocks on the replicas) has not been
+    # timed against host `syrk`.
     if host_scatter == "auto":
       host_scatter = not runs_on_accelerators(self._strategy)
     self._host_scatter = host_scatter
@@ -820,10 +820,11 @@ class _HostScatter:
   through `ctypes` (`_blas_syrk`) and adds into the running sum.
   Otherwise `np.dot(D.T, D)` calls it, fills the lower triangle, and the
   product is added. For a `1000 x 1024` float32 step the direct call took
-  0.75 of the time of `np.dot`. Both release the GIL. SciPy's `syrk`
-  wrapper holds it, so it is not used. Each point's products are summed in the
-  features' dtype over at most `fold_steps` calls of `add`, then added to
-  float64 totals, as the replicas' scatter blocks are.
+  0.6 to 0.75 of the time of `np.dot` (`bench/host_linalg.py`). Both
+  release the GIL, and SciPy's `syrk` wrapper does not, so it is not used.
+  Each point's products are summed in the features' dtype over at most
+  `fold_steps` calls of `add`, then added to float64 totals, as the
+  replicas' scatter blocks are.
 
   `add` may run in several threads at once for different points, never for
   the same point.
@@ -849,7 +850,7 @@ class _HostScatter:
   def add(self, slot, parts):
     """Add `D^T D` of each `(rows, p)` array in `parts` to point `slot`.
 
-    Only the upper triangle of the running sum is kept up to date.
+    Only the upper triangle of the running sum is read by `result`.
     """
     pending = self._pending[slot]
     syrk = self._syrk[slot]
