@@ -37,13 +37,17 @@ Peak memory: the growth of the process's peak resident set size (Linux
 VmHWM, reset through /proc/self/clear_refs before each run) during one
 measurement, at two training-set sizes, to show that it does not grow with N.
 
+With `--only=measurement` or `--only=inference` only that side runs, after
+one warm-up run, and no ratios or peak memory are printed: a way to profile
+one side, for example under `perf record`.
+
 Falls back to random images of the same shape when Fashion-MNIST cannot be
 loaded, and says so.
 
 Run: python bench/metric_pass.py [--subset=60000] [--test_subset=10000]
   [--conv_subset=2000] [--models=mlp,convnet] [--batch_sizes=128,1000]
   [--conv_batch_size=128]
-  [--repeats=3] [--jit_compile=auto] [--host_scatter=auto]
+  [--repeats=3] [--only=both] [--jit_compile=auto] [--host_scatter=auto]
   [--max_covariance_dim=4096]
   [--max_group=4]
 """
@@ -97,6 +101,11 @@ _BATCH_SIZES = flags.DEFINE_list(
     "measurement callback. The MLP only.")
 _CONV_BATCH = flags.DEFINE_integer(
     "conv_batch_size", 128, "Batch size for the ConvNet.", lower_bound=1)
+_ONLY = flags.DEFINE_enum(
+    "only", "both", ["both", "measurement", "inference"],
+    "After the warm-up, run only measurements or only XLA inference passes, "
+    "--repeats times, and print their times without ratios: for a sampling "
+    "profiler such as `perf record`, so that its samples come from one side.")
 _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "Paired runs (inference passes, then one measurement); "
     "the median ratio is reported.", lower_bound=1)
@@ -189,6 +198,13 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test, batch_size):
     inferences[xla](train).numpy()
     inferences[xla](test).numpy()
 
+  if _ONLY.value == "measurement":
+    _run_one_side(name, batch_size, lambda: streaming.measure(train, test))
+    return
+  if _ONLY.value == "inference":
+    _run_one_side(name, batch_size, lambda: infer(True))
+    return
+
   cold = _seconds(lambda: streaming.measure(train, test))[0]
   for xla in (False, True):
     infer(xla)
@@ -231,6 +247,24 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test, batch_size):
     text = "n/a (no /proc/self/clear_refs)" if growth is None else (
         f"{growth:.0f} MiB")
     print(f"  peak RSS growth, {size} train images: {text}")
+
+
+def _run_one_side(name, batch_size, run):
+  """Run `run` once to warm up, then `--repeats` times, and print the times.
+
+  The other side never runs, so the samples of a profiler attached to the
+  process come from this side only, plus one warm-up run with its tracing.
+  Peak memory is not measured.
+  """
+  cold = _seconds(run)[0]
+  times = [_seconds(run) for _ in range(_REPEATS.value)]
+  side = "XLA inference" if _ONLY.value == "inference" else "measurement"
+  runs = "run" if _REPEATS.value == 1 else "runs"
+  print(f"{name}: batch {batch_size}, {side} only, {_REPEATS.value} {runs} "
+        f"after one warm-up run (median, min-max)")
+  print(f"  wall seconds: {_spread([t[0] for t in times], 's')}")
+  print(f"  CPU seconds:  {_spread([t[1] for t in times], 's')}")
+  print(f"  warm-up run, with tracing: {cold:.2f} s wall")
 
 
 def main(argv):
