@@ -117,6 +117,44 @@ def _split_batch(batch):
   return images, tf.reshape(tf.cast(labels, tf.int32), [-1])
 
 
+def _check_dataset(dataset, name):
+  """Raise ValueError unless `dataset` is a finite dataset of labelled batches.
+
+  Checks what the dataset's type, cardinality and element spec tell before
+  any pass runs: a `repeat()`ed dataset would never end, and float or
+  one-hot labels would be truncated to class ids without a word.
+
+  Args:
+    dataset: What the caller passed as `name`.
+    name: "train_dataset" or "test_dataset", for the messages.
+  """
+  if not isinstance(dataset, tf.data.Dataset):
+    raise ValueError(
+        f"{name} must be a tf.data.Dataset of (images, labels) batches, got "
+        f"{type(dataset).__name__}; wrap arrays with tf.data.Dataset."
+        "from_tensor_slices((images, labels)).batch(1000).")
+  if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+    raise ValueError(
+        f"{name} is infinite, so a pass over it would never end; pass one "
+        "epoch of batches (leave out .repeat(), or add .take(steps)).")
+  spec = dataset.element_spec
+  if not isinstance(spec, (tuple, list)) or len(spec) < 2:
+    raise ValueError(
+        f"Expected {name} elements (images, labels), got "
+        f"{type(spec).__name__}; map the dataset to (image, label) pairs.")
+  labels = spec[1]
+  if not isinstance(labels, tf.TensorSpec) or not labels.dtype.is_integer:
+    raise ValueError(
+        f"{name} labels must be integer class ids, got {labels}; convert "
+        "float ids with tf.cast(labels, tf.int32).")
+  shape = labels.shape
+  if shape.rank is not None and (
+      shape.rank > 2 or (shape.rank == 2 and shape[1] != 1)):
+    raise ValueError(
+        f"{name} labels must have shape (batch,) or (batch, 1), got "
+        f"{shape}; convert one-hot labels with tf.argmax(labels, axis=-1).")
+
+
 def _compute_dtype(dtype):
   """Return the dtype of per-batch products: float64 only for float64 features."""
   return tf.float64 if dtype == tf.float64 else tf.float32
@@ -195,6 +233,13 @@ class StreamingMeasurement:
     if probe is None:
       probe = probe_lib.build_probe(model)
     self._probe_model, self._points = probe
+    outputs = model.outputs[0].shape[-1]
+    if outputs is not None and int(outputs) != self._num_classes:
+      raise ValueError(
+          f"num_classes={self._num_classes} does not match the "
+          f"{int(outputs)} outputs of model {model.name!r}; the model's "
+          "output must be one logit per class, so pass "
+          f"num_classes={int(outputs)} or leave it out.")
     # Compiled once, so that the first batch of every measurement does not
     # run the probe model op by op (0.3 s for the paper's MLP on a CPU).
     self._first_batch_forward = tf.function(
@@ -211,6 +256,12 @@ class StreamingMeasurement:
       dim = int(np.prod(feature_shape))
       kernel = np.asarray(
           keras.ops.convert_to_numpy(point.layer.kernel), dtype=np.float64)
+      if not np.all(np.isfinite(kernel)):
+        raise ValueError(
+            f"The kernel of layer {point.layer.name!r} contains "
+            f"{np.sum(~np.isfinite(kernel))} NaN or infinite values; the "
+            "network diverged or its weights are corrupt. Measure a "
+            "checkpoint from before the divergence.")
       output_dtype = tf.as_dtype(self._probe_model.outputs[position].dtype)
       layouts.append(_PointLayout(
           index=point.index, name=point.name, feature_shape=feature_shape,
@@ -236,6 +287,9 @@ class StreamingMeasurement:
       `metrics.TEST_SPLIT_KEYS`, with NC4 against the training class means.
       `"test"` is an empty list without a test dataset.
     """
+    _check_dataset(train_dataset, "train_dataset")
+    if test_dataset is not None:
+      _check_dataset(test_dataset, "test_dataset")
     layouts = self._layouts()
     dense_kernels = [layout.kernel if layout.kernel.ndim == 2 else None
                      for layout in layouts]
@@ -261,6 +315,7 @@ class StreamingMeasurement:
                            rights=omegas, batch_rows=batch_rows)
     counts = first["counts"]
     self._check_counts(first, "training")
+    self._check_finite(first, layouts, "training")
     train_means = []
     krylov = []
     bases = []
@@ -361,6 +416,7 @@ class StreamingMeasurement:
                           ncc_means=train_means, ncc_valid=valid,
                           batch_rows=batch_rows)
     self._check_counts(test, "test")
+    self._check_finite(test, layouts, "test")
     counts = test["counts"]
     if counts.sum() == 0:
       raise ValueError(
@@ -400,6 +456,22 @@ class StreamingMeasurement:
           "of the dataset.")
     if split == "training" and seen == 0:
       raise ValueError("The training dataset has no samples.")
+
+  def _check_finite(self, totals, layouts, split):
+    """Raise ValueError if a point's class sums are NaN or infinite.
+
+    One NaN or infinite feature makes its class sums non-finite, so this
+    finds them without looking at every feature.
+    """
+    for position, layout in enumerate(layouts):
+      if not np.all(np.isfinite(totals[f"sums_{position}"])):
+        raise ValueError(
+            f"The features at probe point {layout.index} (the input of layer "
+            f"{layout.name!r}) contain NaN or infinite values on the {split} "
+            "split; the "
+            "network diverged or the input is corrupt. Check the images "
+            "(for example with tf.debugging.check_numerics) and the "
+            "weights.")
 
   def _first_batch_shifts(self, dataset, layouts):
     """Return per-point `(C, p)` shifts and the size of the first batch.

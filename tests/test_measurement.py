@@ -277,6 +277,89 @@ def test_jit_matches_graph():
       assert_results_match(compiled, graph, rtol=1e-4)
 
 
+@pytest.mark.parametrize("make_dataset, message", [
+    (lambda images, labels: (images, labels),
+     "must be a tf.data.Dataset.*got tuple"),
+    (lambda images, labels: batches(images, labels).repeat(),
+     "train_dataset is infinite"),
+    (lambda images, labels: batches(images, labels.astype(np.float32) + 0.7),
+     "integer class ids.*float32"),
+    (lambda images, labels: batches(
+        images, np.eye(NUM_CLASSES, dtype=np.int32)[labels]),
+     r"shape \(batch,\) or \(batch, 1\).*argmax"),
+    (lambda images, labels: tf.data.Dataset.from_tensor_slices(
+        {"images": images, "labels": labels}).batch(8),
+     "elements \\(images, labels\\), got dict"),
+])
+def test_unusable_training_dataset_raises(make_dataset, message):
+  model = tiny_mlp()
+  images, labels = make_data((6,), num_samples=40)
+
+  with pytest.raises(ValueError, match=message):
+    measurement.measure(model, make_dataset(images, labels))
+
+
+def test_unusable_test_dataset_raises_before_any_pass():
+  model = tiny_mlp()
+  images, labels = make_data((6,), num_samples=40)
+  streaming = measurement.StreamingMeasurement(model)
+  passes = []
+  streaming._run_pass = lambda *args, **kwargs: passes.append(args)  # pylint: disable=protected-access
+
+  with pytest.raises(ValueError, match="test_dataset is infinite"):
+    streaming.measure(batches(images, labels),
+                      batches(images, labels).repeat())
+  assert not passes
+
+
+def test_labels_of_shape_batch_by_one_give_the_flat_results():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+
+  flat = measurement.measure(model, batches(images, labels))
+  column = measurement.measure(
+      model, batches(images, labels[:, None].astype(np.int64)))
+
+  for one, other in zip(flat["train"], column["train"]):
+    assert_results_match(one, other, rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [2, 5])
+def test_num_classes_that_differ_from_the_logits_raise(num_classes):
+  model = tiny_mlp()
+
+  with pytest.raises(ValueError, match=(
+      f"num_classes={num_classes} does not match the {NUM_CLASSES} outputs")):
+    measurement.StreamingMeasurement(model, num_classes=num_classes)
+
+
+@pytest.mark.parametrize("split", ["training", "test"])
+def test_non_finite_features_raise_with_the_point_and_split(split):
+  model = tiny_mlp()
+  images, labels = make_data((6,), num_samples=40)
+  corrupt = images.copy()
+  corrupt[7, 2] = np.nan
+
+  train, test = (corrupt, images) if split == "training" else (images,
+                                                               corrupt)
+  with pytest.raises(ValueError, match=(
+      f"probe point 0 \\(the input of layer 'dense_1'\\) contain NaN or "
+      f"infinite values on the {split} split")):
+    measurement.measure(model, batches(train, labels), batches(test, labels))
+
+
+def test_non_finite_kernel_raises_with_the_layer():
+  model = tiny_mlp()
+  kernel, bias = model.get_layer("dense_2").get_weights()
+  kernel[3, 1] = np.inf
+  model.get_layer("dense_2").set_weights([kernel, bias])
+  images, labels = make_data((6,), num_samples=40)
+
+  with pytest.raises(ValueError, match="kernel of layer 'dense_2' contains 1 NaN"):
+    measurement.measure(model, batches(images, labels))
+
+
 def test_invalid_jit_compile_raises():
   model = tiny_mlp()
 
