@@ -628,14 +628,16 @@ def test_host_pool_runs_starved_task_in_caller():
     release.set()
 
 
-def test_host_pool_waits_for_busy_thread():
+def test_host_pool_waits_for_busy_thread(monkeypatch):
   def spin_then_identify(seconds):
     end = time.thread_time() + seconds
     while time.thread_time() < end:
       pass
     return threading.get_ident()
 
-  # Nothing else in this process needs the cores, so the idle thread runs.
+  # The pool thread keeps the normal priority, so that other processes on
+  # the machine cannot starve it, and the starvation check must find it busy.
+  monkeypatch.setattr(measurement, "_lower_thread_priority", lambda: None)
   with measurement._HostPool(workers=1, idle=True) as pool:  # pylint: disable=protected-access
     future = pool.submit(spin_then_identify, 3 * measurement.STARVED_CHECK_SECONDS)
     time.sleep(0.05)
