@@ -107,18 +107,20 @@ def parse_layer_counts(values):
   return tuple(sorted(counts))
 
 
-def check_layer_counts(config, layer_counts):
+def check_layer_counts(config, layer_counts, input_features=None):
   """Reject counts that cannot work for the configured model before training.
 
   Only Dense layers have a simplex ETF, so a ConvNet or ResNet can fix only
   its classifier. An MLP with `depth` hidden layers has `depth + 1` weight
-  layers. Whether its first layer is square depends on the input size, so
-  that case is left to `FixTopLayersToETF`, which raises at the start of the
-  run.
+  layers. Its first layer is square only when the images have `width`
+  pixels, so a count that fixes it is checked against `input_features`
+  when given (`run_sweep` loads the data for that).
 
   Args:
     config: the base `RunConfig`.
     layer_counts: the parsed counts.
+    input_features: pixels per image (height x width x channels) of the
+      MLP's input, or None to leave the first layer unchecked.
 
   Raises:
     ValueError: if a count exceeds what the model allows.
@@ -130,6 +132,13 @@ def check_layer_counts(config, layer_counts):
     limit = 1
     reason = (f"{config.model} has Conv2D layers below its classifier, and "
               f"only Dense layers can be fixed to simplex ETFs")
+  if (config.model == "mlp" and input_features is not None
+      and input_features != config.width):
+    limit = config.depth
+    reason = (f"fixing all {config.depth + 1} weight layers of the MLP "
+              f"includes its first layer, whose kernel is {input_features} x "
+              f"{config.width} for {config.dataset} images, and only square "
+              f"hidden kernels have a simplex ETF")
   too_many = [count for count in layer_counts if count > limit]
   if too_many:
     raise ValueError(
@@ -374,9 +383,20 @@ def run_sweep(base_config, layer_counts, onset_override=None, strategy=None,
   """
   # Imported here so that --help and the table and figure functions do not
   # start TensorFlow.
+  from inc_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   from inc_tf import train  # pylint: disable=g-import-not-at-top
 
   check_layer_counts(base_config, layer_counts)
+  if base_config.model == "mlp" and max(layer_counts) > base_config.depth:
+    # Checked before the first run trains: the count that fixes the first
+    # layer would otherwise fail only when its own run starts, possibly
+    # hours later.
+    splits = data_lib.load_dataset(
+        base_config.dataset, data_dir=base_config.data_dir,
+        examples_per_class=1, seed=base_config.seed,
+        pad_to=train.pad_size_for(base_config.model, base_config.dataset))
+    check_layer_counts(base_config, layer_counts,
+                       input_features=math.prod(splits.image_shape))
   if strategy is None:
     strategy = train.default_strategy()
   summaries = []

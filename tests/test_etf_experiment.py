@@ -55,6 +55,17 @@ def test_check_counts_mlp_limit():
     etf_experiment.check_layer_counts(config, (0, 5))
 
 
+def test_check_counts_mlp_first_layer_must_be_square():
+  config = config_lib.RunConfig(model="mlp", depth=3, width=16,
+                                dataset="fashion_mnist")
+  etf_experiment.check_layer_counts(config, (0, 4), input_features=16)
+  etf_experiment.check_layer_counts(config, (0, 3), input_features=784)
+  with pytest.raises(ValueError, match=(
+      r"\[4\]: fixing all 4 weight layers .* 784 x 16 for fashion_mnist "
+      r"images.*at most 3")):
+    etf_experiment.check_layer_counts(config, (0, 4), input_features=784)
+
+
 def test_check_counts_convnet_limit():
   config = config_lib.RunConfig(model="convnet", depth=3)
   etf_experiment.check_layer_counts(config, (0, 1))
@@ -196,7 +207,7 @@ def _use_one_device(monkeypatch):
                       lambda: tf.distribute.OneDeviceStrategy("/cpu:0"))
 
 
-def _run_command(workdir, data_dir):
+def _run_command(workdir, data_dir, counts="2,0"):
   """Run the command's `main` with tiny settings; return its exit code and stdout."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
@@ -205,7 +216,7 @@ def _run_command(workdir, data_dir):
           "--model=mlp", "--depth=3", "--width=16", "--epochs=1",
           "--batch_size=50", "--lr=0.05", "--eval_batch_size=100",
           "--measure_epochs=", "--jit_compile=false",
-          f"--workdir={workdir}", "--etf_layer_counts=2,0"]
+          f"--workdir={workdir}", f"--etf_layer_counts={counts}"]
   output = io.StringIO()
   with flagsaver.flagsaver(), pytest.MonkeyPatch.context() as monkeypatch:
     _use_one_device(monkeypatch)
@@ -268,6 +279,17 @@ def test_command_rerun_skips_finished(sweep):
   assert exit_code == 0
   assert history.read_text() == history_before
   assert _read_summary(workdir) == summary_before
+
+
+def test_command_rejects_unsquare_first_layer_before_training(tmp_path):
+  from tests import test_etf  # pylint: disable=g-import-not-at-top
+  data_dir = test_etf.write_idx_dataset(tmp_path / "data")
+  workdir = tmp_path / "sweep"
+
+  with pytest.raises(SystemExit, match=(
+      r"Error: Invalid --etf_layer_counts \[4\]: fixing all 4 weight layers")):
+    _run_command(workdir, data_dir, counts="0,4")
+  assert not (workdir / "etf_0").exists()
 
 
 def test_cli_bad_count_one_line(tmp_path):
