@@ -305,6 +305,20 @@ def pad_size_for(model_name, dataset):
   return None
 
 
+def _make_workdir(workdir):
+  """Create the run directory `workdir`, or raise ValueError saying why not."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(
+        f"workdir {workdir!r} is a file, not a directory; pass another "
+        "--workdir or move the file.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(
+        f"workdir {workdir!r} cannot be created: {e.strerror or e}. Pass a "
+        "--workdir in a folder you can write to.") from e
+
+
 def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   """Train one model and measure it, resuming an interrupted run.
 
@@ -327,7 +341,7 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   if strategy is None:
     strategy = default_strategy()
   workdir = config.workdir
-  os.makedirs(workdir, exist_ok=True)
+  _make_workdir(workdir)
   _check_config_matches(workdir, config)
 
   # Data.

@@ -46,3 +46,17 @@ def test_empty_data_dir_plain_error(tmp_path):
   assert "Traceback" not in result.stderr
   # absl log lines start with the level letter and the date, e.g. E1204.
   assert not re.search(r"^[EF]\d{4} .*data_dir", result.stderr, re.MULTILINE)
+
+
+def test_workdir_that_is_a_file_plain_error(tmp_path):
+  blocker = tmp_path / "afile"
+  blocker.write_text("kept\n")
+
+  for workdir in (blocker, blocker / "sub"):
+    result = run_main("--epochs=1", f"--workdir={workdir}")
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"Error: workdir '{workdir}' ")
+  assert blocker.read_text() == "kept\n"
