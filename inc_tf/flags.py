@@ -8,6 +8,7 @@ the command line after `--flagfile` override the flagfile's values.
 import os
 
 from absl import flags
+from absl import logging
 
 from inc_tf import config as config_lib
 
@@ -167,6 +168,11 @@ def config_from_flags(argv=()):
         f"--measure_epochs lists epochs after the last epoch "
         f"{FLAGS.epochs}: {', '.join(str(e) for e in late)}. Remove them or "
         "raise --epochs.")
+  if FLAGS.warmup_epochs > FLAGS.epochs:
+    logging.warning(
+        "--warmup_epochs=%d is longer than --epochs=%d, so the learning rate "
+        "never reaches --lr=%g. Lower --warmup_epochs if that is not meant.",
+        FLAGS.warmup_epochs, FLAGS.epochs, FLAGS.lr)
   return config_lib.RunConfig(
       dataset=FLAGS.dataset,
       data_dir=FLAGS.data_dir,

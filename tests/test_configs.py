@@ -1,6 +1,7 @@
 """Tests for the flagfiles in configs/: they parse and match Rangamani et al."""
 
 import glob
+import logging
 import os
 
 from absl import flags
@@ -126,3 +127,16 @@ def test_cpu_companion_is_subset(name):
   assert config.examples_per_class is not None
   assert config.epochs < 350
   assert "MEASURED" not in "\n".join(_header(_path(name)))
+
+
+@pytest.mark.parametrize("warmup_epochs, warned", [(3, True), (2, False)])
+def test_warmup_longer_than_training_warns(warmup_epochs, warned, caplog):
+  try:
+    FLAGS(["test", "--epochs=2", f"--warmup_epochs={warmup_epochs}"])
+    with caplog.at_level(logging.WARNING):
+      config = flags_lib.config_from_flags(["test"])
+  finally:
+    FLAGS.unparse_flags()
+
+  assert config.warmup_epochs == warmup_epochs
+  assert ("never reaches --lr" in caplog.text) == warned
