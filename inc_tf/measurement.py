@@ -1276,6 +1276,11 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
 
   Returns:
     `{"train": [...], "test": [...]}`, see `StreamingMeasurement.measure`.
+
+  Each call builds and traces its own passes, so after a few calls
+  TensorFlow logs retracing warnings. To measure a series of checkpoints of
+  one model, create one `StreamingMeasurement` and call its `measure` for
+  each: it reads the current weights and traces once.
   """
   measurement = StreamingMeasurement(
       model, num_classes=num_classes, strategy=strategy,
