@@ -166,20 +166,39 @@ class FixTopLayersToETF(keras.callbacks.Callback):
     self.num_layers = int(num_layers)
     self.fixed_layers = []
 
-  def on_train_begin(self, logs=None):
-    del logs  # Unused.
-    layers = models.weight_layers(self.model)
+  def check(self, model):
+    """Raise ValueError if the top `num_layers` weight layers of `model` cannot be fixed.
+
+    `on_train_begin` runs the same checks. Calling this first lets a
+    caller reject a run before it writes anything.
+    """
+    self._top_kernels(model)
+
+  def _top_kernels(self, model):
+    """Return all weight layers of `model`, the top ones and their ETF kernels.
+
+    Raises:
+      ValueError: if `model` has fewer weight layers than `num_layers`, or
+        one of the top ones has no simplex ETF (see `etf_kernel`).
+    """
+    layers = models.weight_layers(model)
     if self.num_layers > len(layers):
       raise ValueError(
           f"Cannot fix the top {self.num_layers} weight layers of model "
-          f"{self.model.name!r}: it has only {len(layers)} "
+          f"{model.name!r}: it has only {len(layers)} "
           f"({', '.join(layer.name for layer in layers)}). Pass at most "
           f"{len(layers)}.")
     top = layers[len(layers) - self.num_layers:]
-
-    # Build every kernel first, so an invalid layer leaves the model untouched.
     kernels = [etf_kernel(layer, is_classifier=layer is layers[-1])
                for layer in top]
+    return layers, top, kernels
+
+  def on_train_begin(self, logs=None):
+    del logs  # Unused.
+
+    # Every kernel is built first, so an invalid layer leaves the model
+    # untouched.
+    layers, top, kernels = self._top_kernels(self.model)
 
     for layer, kernel in zip(top, kernels):
       layer.kernel.assign(kernel.astype(layer.kernel.dtype))

@@ -305,12 +305,17 @@ def pad_size_for(model_name, dataset):
   return None
 
 
-def _make_workdir(workdir):
-  """Create the run directory `workdir`, or raise ValueError saying why not."""
+def _check_workdir_path(workdir):
+  """Raise ValueError if `workdir` is a file."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(
         f"workdir {workdir!r} is a file, not a directory; pass another "
         "--workdir or move the file.")
+
+
+def _make_workdir(workdir):
+  """Create the run directory `workdir`, or raise ValueError saying why not."""
+  _check_workdir_path(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -341,7 +346,7 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   if strategy is None:
     strategy = default_strategy()
   workdir = config.workdir
-  _make_workdir(workdir)
+  _check_workdir_path(workdir)
   _check_config_matches(workdir, config)
 
   # Data.
@@ -371,6 +376,15 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
         depth=None if config.model.startswith("resnet") else config.depth,
         width=config.width)
   total_weight_layers = len(probe_lib.probe_points(model))
+  etf_callback = None
+  if config.etf_layers > 0:
+    from inc_tf import etf  # pylint: disable=g-import-not-at-top
+    etf_callback = etf.FixTopLayersToETF(config.etf_layers)
+    etf_callback.check(model)
+
+  # The run directory is created only now, so that a run rejected for its
+  # data or its model leaves no empty directory behind.
+  _make_workdir(workdir)
 
   # Checkpoints: the epoch to resume from is known before callbacks start,
   # so that the measurement callback does not measure epoch 0 again.
@@ -389,9 +403,8 @@ def run(config, strategy=None, extra_callbacks=(), flags_text=None):
   # Callbacks.
   writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
   callback_objects = []
-  if config.etf_layers > 0:
-    from inc_tf import etf  # pylint: disable=g-import-not-at-top
-    callback_objects.append(etf.FixTopLayersToETF(config.etf_layers))
+  if etf_callback is not None:
+    callback_objects.append(etf_callback)
   measurement = callbacks_lib.CollapseMeasurement(
       train_data=data_lib.eval_batches(splits.x_train, splits.y_train,
                                        config.eval_batch_size),

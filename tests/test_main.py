@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+from tests import test_etf
 from tests.test_report import REPO
 
 
@@ -43,20 +44,37 @@ def test_empty_data_dir_plain_error(tmp_path):
   assert result.returncode == 1
   assert last_line.startswith(
       f"Error: --data_dir {data_dir} contains none of the mnist files. ")
+  assert not (tmp_path / "run").exists()
   assert "Traceback" not in result.stderr
   # absl log lines start with the level letter and the date, e.g. E1204.
   assert not re.search(r"^[EF]\d{4} .*data_dir", result.stderr, re.MULTILINE)
 
 
 def test_workdir_that_is_a_file_plain_error(tmp_path):
+  data_dir = test_etf.write_idx_dataset(tmp_path / "data")
   blocker = tmp_path / "afile"
   blocker.write_text("kept\n")
 
   for workdir in (blocker, blocker / "sub"):
-    result = run_main("--epochs=1", f"--workdir={workdir}")
+    result = run_main("--dataset=mnist", f"--data_dir={data_dir}",
+                      "--epochs=1", f"--workdir={workdir}")
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith(
         f"Error: workdir '{workdir}' ")
   assert blocker.read_text() == "kept\n"
+
+
+def test_unfixable_etf_layers_leave_no_run_directory(tmp_path):
+  data_dir = test_etf.write_idx_dataset(tmp_path / "data")
+  workdir = tmp_path / "run"
+
+  result = run_main("--dataset=mnist", f"--data_dir={data_dir}",
+                    "--model=mlp", "--depth=2", "--width=16", "--epochs=1",
+                    "--etf_layers=3", f"--workdir={workdir}")
+
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[-1].startswith(
+      "Error: Hidden layer 'dense_1' has kernel shape (784, 16)")
+  assert not workdir.exists()
