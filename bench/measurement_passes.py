@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from bench import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from inc_tf import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from inc_tf import measurement  # pylint: disable=g-import-not-at-top,wrong-import-position
 from inc_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -43,23 +43,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each pass.",
 
 NUM_CLASSES = 10
 PASSES = ("sketch", "centred")
-
-
-def _inference_pass(model):
-  """Return a function that runs XLA inference over a dataset."""
-  forward = tf.function(
-      lambda images: tf.reduce_sum(tf.argmax(model(images, training=False),
-                                             axis=-1)),
-      jit_compile=True)
-
-  @tf.function
-  def run(dataset):
-    total = tf.constant(0, tf.int64)
-    for images, _ in dataset:
-      total += forward(images)
-    return total
-
-  return run
 
 
 def main(argv):
@@ -87,8 +70,8 @@ def main(argv):
   finally:
     measurement.StreamingMeasurement._run_pass = run_pass  # pylint: disable=protected-access
 
-  inference = _inference_pass(model)
-  runs = {"inference": lambda: inference(train).numpy()}
+  infer = inference.inference_pass(model, jit_compile=True)
+  runs = {"inference": lambda: infer(train).numpy()}
   for kind in PASSES:
     args, kwargs = arguments[kind]
     runs[kind] = (

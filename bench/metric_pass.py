@@ -65,6 +65,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from bench import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from inc_tf import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from inc_tf import measurement  # pylint: disable=g-import-not-at-top,wrong-import-position
 from inc_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -131,25 +132,6 @@ def _load(pad_to):
             "random images")
 
 
-def _inference_pass(model, jit_compile):
-  """Return a `tf.function(dataset)` that runs the model over every batch."""
-  def forward(images):
-    logits = model(images, training=False)
-    return tf.reduce_sum(tf.argmax(logits, axis=-1))
-
-  if jit_compile:
-    forward = tf.function(forward, jit_compile=True)
-
-  @tf.function
-  def run(dataset):
-    total = tf.constant(0, tf.int64)
-    for images, _ in dataset:
-      total += forward(images)
-    return total
-
-  return run
-
-
 def _seconds(function):
   """Run `function` and return `(wall, cpu)`: elapsed and process CPU seconds."""
   start, start_cpu = time.perf_counter(), time.process_time()
@@ -192,7 +174,8 @@ def _benchmark(name, model, x_train, y_train, x_test, y_test, batch_size):
       model, jit_compile=choices[_JIT.value],
       host_scatter=choices[_HOST_SCATTER.value],
       max_covariance_dim=_MAX_COVARIANCE_DIM.value)
-  inferences = {xla: _inference_pass(model, xla) for xla in (False, True)}
+  inferences = {xla: inference.inference_pass(model, xla)
+                for xla in (False, True)}
 
   def infer(xla):
     inferences[xla](train).numpy()
