@@ -388,9 +388,8 @@ def run_sweep(base_config, layer_counts, onset_override=None, strategy=None,
 
   check_layer_counts(base_config, layer_counts)
   if base_config.model == "mlp" and max(layer_counts) > base_config.depth:
-    # Checked before the first run trains: the count that fixes the first
-    # layer would otherwise fail only when its own run starts, possibly
-    # hours later.
+    # Otherwise the count that fixes the first layer would fail only when
+    # its own run starts, possibly hours after the first one.
     splits = data_lib.load_dataset(
         base_config.dataset, data_dir=base_config.data_dir,
         examples_per_class=1, seed=base_config.seed,

@@ -120,9 +120,9 @@ def _split_batch(batch):
 def _check_dataset(dataset, name):
   """Raise ValueError unless `dataset` is a finite dataset of labelled batches.
 
-  Checks what the dataset's type, cardinality and element spec tell before
-  any pass runs: a `repeat()`ed dataset would never end, and float or
-  one-hot labels would be truncated to class ids without a word.
+  The checks read only the dataset's type, cardinality and element spec, so
+  they run before any pass. A repeated dataset would never end, and float
+  or one-hot labels would be truncated to class ids without an error.
 
   Args:
     dataset: What the caller passed as `name`.

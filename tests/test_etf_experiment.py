@@ -55,7 +55,7 @@ def test_check_counts_mlp_limit():
     etf_experiment.check_layer_counts(config, (0, 5))
 
 
-def test_check_counts_mlp_first_layer_must_be_square():
+def test_check_counts_mlp_square_first_layer():
   config = config_lib.RunConfig(model="mlp", depth=3, width=16,
                                 dataset="fashion_mnist")
   etf_experiment.check_layer_counts(config, (0, 4), input_features=16)
@@ -281,7 +281,7 @@ def test_command_rerun_skips_finished(sweep):
   assert _read_summary(workdir) == summary_before
 
 
-def test_command_rejects_unsquare_first_layer_before_training(tmp_path):
+def test_command_rejects_unsquare_first_layer(tmp_path):
   from tests import test_etf  # pylint: disable=g-import-not-at-top
   data_dir = test_etf.write_idx_dataset(tmp_path / "data")
   workdir = tmp_path / "sweep"

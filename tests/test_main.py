@@ -50,7 +50,7 @@ def test_empty_data_dir_plain_error(tmp_path):
   assert not re.search(r"^[EF]\d{4} .*data_dir", result.stderr, re.MULTILINE)
 
 
-def test_workdir_that_is_a_file_plain_error(tmp_path):
+def test_file_as_workdir_plain_error(tmp_path):
   data_dir = test_etf.write_idx_dataset(tmp_path / "data")
   blocker = tmp_path / "afile"
   blocker.write_text("kept\n")
@@ -66,7 +66,7 @@ def test_workdir_that_is_a_file_plain_error(tmp_path):
   assert blocker.read_text() == "kept\n"
 
 
-def test_unfixable_etf_layers_leave_no_run_directory(tmp_path):
+def test_unfixable_etf_layers_leave_no_workdir(tmp_path):
   data_dir = test_etf.write_idx_dataset(tmp_path / "data")
   workdir = tmp_path / "run"
 

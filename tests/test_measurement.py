@@ -299,7 +299,7 @@ def test_unusable_training_dataset_raises(make_dataset, message):
     measurement.measure(model, make_dataset(images, labels))
 
 
-def test_unusable_test_dataset_raises_before_any_pass():
+def test_unusable_test_dataset_raises_early():
   model = tiny_mlp()
   images, labels = make_data((6,), num_samples=40)
   streaming = measurement.StreamingMeasurement(model)
@@ -312,7 +312,7 @@ def test_unusable_test_dataset_raises_before_any_pass():
   assert not passes
 
 
-def test_labels_of_shape_batch_by_one_give_the_flat_results():
+def test_label_column_matches_flat_labels():
   keras.utils.set_random_seed(0)
   model = tiny_mlp()
   images, labels = make_data((6,))
@@ -321,12 +321,12 @@ def test_labels_of_shape_batch_by_one_give_the_flat_results():
   column = measurement.measure(
       model, batches(images, labels[:, None].astype(np.int64)))
 
-  for one, other in zip(flat["train"], column["train"]):
-    assert_results_match(one, other, rtol=1e-6)
+  for flat_point, column_point in zip(flat["train"], column["train"]):
+    assert_results_match(column_point, flat_point, rtol=1e-6)
 
 
 @pytest.mark.parametrize("num_classes", [2, 5])
-def test_num_classes_that_differ_from_the_logits_raise(num_classes):
+def test_num_classes_mismatch_raises(num_classes):
   model = tiny_mlp()
 
   with pytest.raises(ValueError, match=(
@@ -335,7 +335,7 @@ def test_num_classes_that_differ_from_the_logits_raise(num_classes):
 
 
 @pytest.mark.parametrize("split", ["training", "test"])
-def test_non_finite_features_raise_with_the_point_and_split(split):
+def test_non_finite_features_raise(split):
   model = tiny_mlp()
   images, labels = make_data((6,), num_samples=40)
   corrupt = images.copy()
@@ -349,7 +349,7 @@ def test_non_finite_features_raise_with_the_point_and_split(split):
     measurement.measure(model, batches(train, labels), batches(test, labels))
 
 
-def test_non_finite_kernel_raises_with_the_layer():
+def test_non_finite_kernel_raises():
   model = tiny_mlp()
   kernel, bias = model.get_layer("dense_2").get_weights()
   kernel[3, 1] = np.inf
@@ -635,8 +635,8 @@ def test_host_pool_waits_for_busy_thread(monkeypatch):
       pass
     return threading.get_ident()
 
-  # The pool thread keeps the normal priority, so that other processes on
-  # the machine cannot starve it, and the starvation check must find it busy.
+  # At normal priority other processes cannot starve the pool thread, so
+  # the starvation check must find it busy.
   monkeypatch.setattr(measurement, "_lower_thread_priority", lambda: None)
   with measurement._HostPool(workers=1, idle=True) as pool:  # pylint: disable=protected-access
     future = pool.submit(spin_then_identify, 3 * measurement.STARVED_CHECK_SECONDS)
