@@ -49,6 +49,7 @@ import os
 import threading
 import time
 from typing import Optional
+import weakref
 
 from absl import logging
 import keras
@@ -164,7 +165,8 @@ class StreamingMeasurement:
   """Measures every probe point of one model, reusing its traced passes.
 
   Build it once and call `measure` after each epoch to avoid retracing the
-  probe model; the module-level `measure` builds a new one on every call.
+  probe model. The module-level `measure` keeps one per model and does the
+  same.
 
   Args:
     model: Keras functional classifier whose output is the logits.
@@ -210,7 +212,8 @@ class StreamingMeasurement:
       raise ValueError(
           f"host_scatter must be True, False or 'auto', got "
           f"{host_scatter!r}.")
-    self._model = model
+    # The model itself is not kept, only its layers through the probe
+    # model, so that `measure`'s weak cache entry goes with the model.
     self._num_classes = int(num_classes)
     self._strategy = strategy or tf.distribute.get_strategy()
     self._max_covariance_dim = max_covariance_dim
@@ -1248,6 +1251,13 @@ def _centred_stats(totals, position, layout, means, counts):
   return stats
 
 
+# `measure`'s StreamingMeasurement per live model, with the options it was
+# built for: `(options, measurement)`. The key is weak, and a
+# StreamingMeasurement does not refer to its model, so the entry is dropped
+# with the model.
+_REUSED_MEASUREMENTS = weakref.WeakKeyDictionary()
+
+
 def measure(model, train_dataset, test_dataset=None, num_classes=None,
             strategy=None, max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
             lambda_max_passes=0, probe=None, jit_compile="auto",
@@ -1277,14 +1287,35 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
   Returns:
     `{"train": [...], "test": [...]}`, see `StreamingMeasurement.measure`.
 
-  Each call builds and traces its own passes, so after a few calls
-  TensorFlow logs retracing warnings. To measure a series of checkpoints of
-  one model, create one `StreamingMeasurement` and call its `measure` for
-  each: it reads the current weights and traces once.
+  Calls for the same model object with the same other arguments reuse one
+  `StreamingMeasurement`, so a series of checkpoints loaded into one model
+  traces the passes once; every call reads the current weights. Only the
+  latest arguments are kept per model, and nothing is kept once the model
+  is deleted.
   """
-  measurement = StreamingMeasurement(
-      model, num_classes=num_classes, strategy=strategy,
-      max_covariance_dim=max_covariance_dim,
-      lambda_max_passes=lambda_max_passes, probe=probe,
-      jit_compile=jit_compile, host_scatter=host_scatter)
-  return measurement.measure(train_dataset, test_dataset)
+  options = (num_classes, strategy or tf.distribute.get_strategy(),
+             max_covariance_dim, lambda_max_passes, probe, jit_compile,
+             host_scatter)
+  reused = _REUSED_MEASUREMENTS.get(model)
+  if reused is not None and _same_options(reused[0], options):
+    streaming = reused[1]
+  else:
+    streaming = StreamingMeasurement(
+        model, num_classes=num_classes, strategy=options[1],
+        max_covariance_dim=max_covariance_dim,
+        lambda_max_passes=lambda_max_passes, probe=probe,
+        jit_compile=jit_compile, host_scatter=host_scatter)
+    _REUSED_MEASUREMENTS[model] = (options, streaming)
+  return streaming.measure(train_dataset, test_dataset)
+
+
+def _same_options(cached, options):
+  """Return whether two `measure` option tuples build the same measurement.
+
+  The strategy and the probe must be the same objects. Numbers and strings
+  must be equal and of the same type, so that `True` and `1` differ.
+  """
+  return all(
+      old is new or (isinstance(old, (bool, int, float, str, np.integer))
+                     and type(old) is type(new) and old == new)
+      for old, new in zip(cached, options))

@@ -258,6 +258,45 @@ def test_reused_measurement_follows_weights():
       before["train"][2]["trace_within"], rel=1e-3)
 
 
+def test_measure_reuses_traced_passes(monkeypatch):
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+  builds = []
+  build_probe = probe_lib.build_probe
+  monkeypatch.setattr(probe_lib, "build_probe",
+                      lambda m: builds.append(m) or build_probe(m))
+  measurement.measure(model, batches(images, labels))
+
+  layer = model.get_layer("dense_2")
+  layer.kernel.assign(2 * layer.kernel)
+  after = measurement.measure(model, batches(images, labels))
+  assert len(builds) == 1
+  # Other options build a new measurement for the same model.
+  measurement.measure(model, batches(images, labels), jit_compile=False)
+  assert len(builds) == 2
+
+  expected = array_metrics(model, images, labels)
+  for streamed, reference in zip(after["train"], expected):
+    assert_results_match(streamed, reference, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_measure_releases_deleted_model(sequential):
+  model = tiny_mlp()
+  if sequential:
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+         keras.layers.Dense(NUM_CLASSES)])
+  images, labels = make_data((6,))
+  measurement.measure(model, batches(images, labels))
+  reference = weakref.ref(model)
+
+  del model
+  gc.collect()
+  assert reference() is None
+
+
 def test_jit_matches_graph():
   keras.utils.set_random_seed(0)
   model = tiny_mlp()
