@@ -99,6 +99,15 @@ class _PointLayout:
   compute_dtype: tf.DType
 
 
+def _check_model(model):
+  """Raise ValueError unless `model` is a Keras model."""
+  if not isinstance(model, keras.Model):
+    raise ValueError(
+        f"Expected a Keras model, got {type(model).__name__}; "
+        "pass the functional or Sequential keras.Model whose output is the "
+        "logits.")
+
+
 def _num_classes_of(model):
   width = model.outputs[0].shape[-1]
   if width is None:
@@ -193,6 +202,7 @@ class StreamingMeasurement:
                max_covariance_dim=metrics.DEFAULT_MAX_COVARIANCE_DIM,
                lambda_max_passes=0, probe=None, jit_compile="auto",
                host_scatter="auto"):
+    _check_model(model)
     if num_classes is None:
       num_classes = _num_classes_of(model)
     if isinstance(num_classes, bool) or not isinstance(
@@ -310,6 +320,7 @@ class StreamingMeasurement:
     num_classes = self._num_classes
 
     # Pass 1: class sums around first-batch class means.
+    start = time.perf_counter()
     shifts, batch_rows = self._first_batch_shifts(train_dataset, layouts)
     omegas = [
         metrics.sketch_matrix(layout.dim, metrics.sketch_width(num_classes))
@@ -333,10 +344,11 @@ class StreamingMeasurement:
         krylov.append(([omegas[position]], [image]))
       else:
         krylov.append(None)
-    logging.info("Measurement pass 1 of the training split done: %d samples.",
-                 int(counts.sum()))
+    logging.info("Measurement pass 1 of the training split done: %d samples "
+                 "in %.1f s.", int(counts.sum()), time.perf_counter() - start)
 
     # Pass 2: centred second moments and NC4 against the final means.
+    start = time.perf_counter()
     rights = [
         metrics.next_krylov_block(*krylov[position]) if layout.wide else None
         for position, layout in enumerate(layouts)]
@@ -362,10 +374,12 @@ class StreamingMeasurement:
             second[f"projection_{position}"], second[f"sums_{position}"],
             counts, basis)
       train_stats.append(stats)
-    logging.info("Measurement pass 2 of the training split done.")
+    logging.info("Measurement pass 2 of the training split done in %.1f s.",
+                 time.perf_counter() - start)
 
     # Extra Krylov passes refine lambda_max of wide points only.
     for extra in range(self._lambda_max_passes):
+      start = time.perf_counter()
       wide_rights = [
           metrics.next_krylov_block(*krylov[position]) if layout.wide else None
           for position, layout in enumerate(layouts)]
@@ -381,8 +395,9 @@ class StreamingMeasurement:
           images.append(_corrected_product(
               refine[f"right_{position}"], refine[f"sums_{position}"], counts,
               wide_rights[position]))
-      logging.info("Measurement lambda_max pass %d of %d done.", extra + 1,
-                   self._lambda_max_passes)
+      logging.info("Measurement lambda_max pass %d of %d done in %.1f s.",
+                   extra + 1, self._lambda_max_passes,
+                   time.perf_counter() - start)
 
     for position, layout in enumerate(layouts):
       if layout.wide:
@@ -409,6 +424,7 @@ class StreamingMeasurement:
     The test batches are regrouped like the training batches, in groups of
     `batch_group(batch_rows, ...)` training batches.
     """
+    start = time.perf_counter()
     valid = train_counts > 0
     shifts = []
     for means in train_means:
@@ -431,8 +447,8 @@ class StreamingMeasurement:
       means = shifts[position] + sums / np.maximum(counts, 1)[:, None]
       stats = _centred_stats(test, position, layout, means, counts)
       test_results.append(self._finalize(layout, stats, with_kernel=False))
-    logging.info("Measurement of the test split done: %d samples.",
-                 int(counts.sum()))
+    logging.info("Measurement of the test split done: %d samples in %.1f s.",
+                 int(counts.sum()), time.perf_counter() - start)
     return test_results
 
   def _finalize(self, layout, stats, with_kernel, spectrum=None):
@@ -1293,6 +1309,7 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
   latest arguments are kept per model, and nothing is kept once the model
   is deleted.
   """
+  _check_model(model)
   options = (num_classes, strategy or tf.distribute.get_strategy(),
              max_covariance_dim, lambda_max_passes, probe, jit_compile,
              host_scatter)

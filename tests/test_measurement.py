@@ -399,6 +399,13 @@ def test_non_finite_kernel_raises():
     measurement.measure(model, batches(images, labels))
 
 
+@pytest.mark.parametrize("model", ["model", None, np.zeros((4, 6))])
+def test_non_model_raises(model):
+  images, labels = make_data((6,))
+  with pytest.raises(ValueError, match="Expected a Keras model, got"):
+    measurement.measure(model, batches(images, labels))
+
+
 def test_invalid_jit_compile_raises():
   model = tiny_mlp()
 
