@@ -100,12 +100,45 @@ class _PointLayout:
 
 
 def _check_model(model):
-  """Raise ValueError unless `model` is a Keras model."""
-  if not isinstance(model, keras.Model):
+  """Raise ValueError unless `model` is a classifier with `(batch, C)` logits."""
+  probe_lib.check_functional(model)
+  shape = model.outputs[0].shape
+  if len(shape) != 2:
     raise ValueError(
-        f"Expected a Keras model, got {type(model).__name__}; "
-        "pass the functional or Sequential keras.Model whose output is the "
-        "logits.")
+        f"Model {model.name!r} outputs shape {tuple(shape)}, but measure "
+        "needs logits of shape (batch, num_classes); end the model with "
+        "Flatten or global pooling and a Dense classifier.")
+
+
+def _check_images(dataset, name, inputs, model_name):
+  """Raise ValueError unless `dataset`'s images fit the model's input.
+
+  Keras accepts inputs with one axis of size 1 more or less than the
+  model's input at the end, so those pass too.
+
+  Args:
+    dataset: `tf.data.Dataset` that `_check_dataset` accepted.
+    name: "train_dataset" or "test_dataset", for the messages.
+    inputs: The model's symbolic inputs.
+    model_name: The model's name, for the messages.
+  """
+  images = dataset.element_spec[0]
+  if not isinstance(images, tf.TensorSpec) or len(inputs) != 1:
+    return
+  expected = inputs[0].shape
+  shape = images.shape
+  if shape.rank is None:
+    return
+  if shape.rank == len(expected) - 1:
+    shape = shape.concatenate([1])
+  elif shape.rank == len(expected) + 1 and shape[-1] == 1:
+    shape = shape[:-1]
+  if not shape.is_compatible_with(expected):
+    raise ValueError(
+        f"{name} yields images of shape {images.shape}, but model "
+        f"{model_name!r} takes inputs of shape {tuple(expected)}; batch the "
+        "dataset with .batch(batch_size) and give the images the model's "
+        "input shape.")
 
 
 def _num_classes_of(model):
@@ -209,12 +242,20 @@ class StreamingMeasurement:
         num_classes, (int, np.integer)) or num_classes < 2:
       raise ValueError(
           f"num_classes must be an integer >= 2, got {num_classes!r}.")
-    if max_covariance_dim < 1:
+    if not _is_int(max_covariance_dim) or max_covariance_dim < 1:
       raise ValueError(
-          f"max_covariance_dim must be >= 1, got {max_covariance_dim}.")
-    if lambda_max_passes < 0:
+          f"max_covariance_dim must be an integer >= 1, got "
+          f"{max_covariance_dim!r}.")
+    if not _is_int(lambda_max_passes) or lambda_max_passes < 0:
       raise ValueError(
-          f"lambda_max_passes must be >= 0, got {lambda_max_passes}.")
+          f"lambda_max_passes must be an integer >= 0, got "
+          f"{lambda_max_passes!r}.")
+    if strategy is not None and not isinstance(strategy,
+                                               tf.distribute.Strategy):
+      raise ValueError(
+          f"strategy must be a tf.distribute.Strategy or None, got "
+          f"{type(strategy).__name__}; pass for example "
+          "tf.distribute.MirroredStrategy(), or None for the current one.")
     if jit_compile not in (True, False, "auto"):
       raise ValueError(
           f"jit_compile must be True, False or 'auto', got {jit_compile!r}.")
@@ -224,6 +265,7 @@ class StreamingMeasurement:
           f"{host_scatter!r}.")
     # The model itself is not kept, only its layers through the probe
     # model, so that `measure`'s weak cache entry goes with the model.
+    self._model_name = model.name
     self._num_classes = int(num_classes)
     self._strategy = strategy or tf.distribute.get_strategy()
     self._max_covariance_dim = max_covariance_dim
@@ -232,8 +274,14 @@ class StreamingMeasurement:
     # MirroredStrategy over two logical CPU devices ("Trying to access
     # resource ... located in device CPU:1 from device CPU:0"), so "auto"
     # compiles only with one replica. Several GPU replicas are untested.
+    replicas = self._strategy.num_replicas_in_sync
+    if jit_compile is True and replicas > 1 and not runs_on_accelerators(
+        self._strategy):
+      raise ValueError(
+          f"jit_compile=True fails with {replicas} CPU replicas in "
+          "TensorFlow 2.21; pass jit_compile='auto' or False.")
     if jit_compile == "auto":
-      jit_compile = self._strategy.num_replicas_in_sync == 1
+      jit_compile = replicas == 1
     self._jit_compile = jit_compile
     # For the 11 probe points of the paper's MLP on a 2-core CPU, one-thread
     # OpenBLAS `syrk` took about 0.57 of the CPU time of the XLA block
@@ -246,6 +294,11 @@ class StreamingMeasurement:
     if probe is None:
       probe = probe_lib.build_probe(model)
     self._probe_model, self._points = probe
+    layers = {id(layer) for layer in model.layers}
+    if any(id(point.layer) not in layers for point in self._points):
+      raise ValueError(
+          f"The probe was built from another model than {model.name!r}; "
+          "pass probe=inc_tf.probe.build_probe(model), or leave probe out.")
     outputs = model.outputs[0].shape[-1]
     if outputs is not None and int(outputs) != self._num_classes:
       raise ValueError(
@@ -267,8 +320,13 @@ class StreamingMeasurement:
       feature_shape = tuple(
           int(d) for d in self._probe_model.outputs[position].shape[1:])
       dim = int(np.prod(feature_shape))
-      kernel = np.asarray(
-          keras.ops.convert_to_numpy(point.layer.kernel), dtype=np.float64)
+      kernel = keras.ops.convert_to_numpy(point.layer.kernel)
+      if not np.issubdtype(kernel.dtype, np.floating):
+        raise ValueError(
+            f"The kernel of layer {point.layer.name!r} has dtype "
+            f"{kernel.dtype}, as in a quantized model; measure the model "
+            "before quantization.")
+      kernel = np.asarray(kernel, dtype=np.float64)
       if not np.all(np.isfinite(kernel)):
         raise ValueError(
             f"The kernel of layer {point.layer.name!r} contains "
@@ -301,8 +359,12 @@ class StreamingMeasurement:
       `"test"` is an empty list without a test dataset.
     """
     _check_dataset(train_dataset, "train_dataset")
+    _check_images(train_dataset, "train_dataset", self._probe_model.inputs,
+                  self._model_name)
     if test_dataset is not None:
       _check_dataset(test_dataset, "test_dataset")
+      _check_images(test_dataset, "test_dataset", self._probe_model.inputs,
+                    self._model_name)
     layouts = self._layouts()
     dense_kernels = [layout.kernel if layout.kernel.ndim == 2 else None
                      for layout in layouts]
@@ -578,8 +640,12 @@ class StreamingMeasurement:
       constants["ncc_penalty"] = tf.constant(
           np.where(ncc_valid, 0.0, np.inf), tf.float32)
 
+    # The element spec is part of the key because the host step relaxes
+    # its input shapes between calls: after images of another rank it would
+    # accept any rank, which the probe model cannot trace.
     key = (kind, tuple(r is None for r in rights),
-           tuple(b is None for b in bases), with_ncc, group)
+           tuple(b is None for b in bases), with_ncc, group,
+           tuple(tf.nest.flatten(dataset.element_spec)))
     if key not in self._passes:
       self._passes[key] = self._build_pass(
           layouts, with_squares, scatter_blocks, with_ncc, group)
@@ -1310,9 +1376,11 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
   is deleted.
   """
   _check_model(model)
+  # The variables are part of the options: `layer.enable_lora` and
+  # `model.quantize` add or replace variables that traced passes would miss.
   options = (num_classes, strategy or tf.distribute.get_strategy(),
              max_covariance_dim, lambda_max_passes, probe, jit_compile,
-             host_scatter)
+             host_scatter, *model.weights)
   reused = _REUSED_MEASUREMENTS.get(model)
   if reused is not None and _same_options(reused[0], options):
     streaming = reused[1]
@@ -1329,10 +1397,16 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
 def _same_options(cached, options):
   """Return whether two `measure` option tuples build the same measurement.
 
-  The strategy and the probe must be the same objects. Numbers and strings
-  must be equal and of the same type, so that `True` and `1` differ.
+  The strategy, the probe and the model's variables must be the same
+  objects. Numbers and strings must be equal and of the same type, so that
+  `True` and `1` differ.
   """
-  return all(
+  return len(cached) == len(options) and all(
       old is new or (isinstance(old, (bool, int, float, str, np.integer))
                      and type(old) is type(new) and old == new)
       for old, new in zip(cached, options))
+
+
+def _is_int(value):
+  """Return whether `value` is an integer and not a bool."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

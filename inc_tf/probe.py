@@ -30,7 +30,8 @@ class ProbePoint:
   layer: keras.layers.Layer
 
 
-def _check_functional(model):
+def check_functional(model):
+  """Raise ValueError unless `model` is a functional classifier with one output."""
   if not isinstance(model, keras.Model):
     raise ValueError(
         f"Expected a Keras functional or Sequential model, got "
@@ -63,7 +64,7 @@ def probe_points(model):
     ValueError: The model is not functional, nests another model that has
       weight layers, calls a weight layer more than once, or has none.
   """
-  _check_functional(model)
+  check_functional(model)
 
   points = []
   for layer in model.layers:

@@ -402,8 +402,120 @@ def test_non_finite_kernel_raises():
 @pytest.mark.parametrize("model", ["model", None, np.zeros((4, 6))])
 def test_non_model_raises(model):
   images, labels = make_data((6,))
-  with pytest.raises(ValueError, match="Expected a Keras model, got"):
+  with pytest.raises(ValueError, match="Expected a Keras functional or "
+                     "Sequential model, got"):
     measurement.measure(model, batches(images, labels))
+
+
+def test_subclassed_model_raises():
+
+  class Subclassed(keras.Model):
+
+    def __init__(self):
+      super().__init__()
+      self.dense = keras.layers.Dense(NUM_CLASSES)
+
+    def call(self, inputs):
+      return self.dense(inputs)
+
+  images, labels = make_data((6,))
+  with pytest.raises(ValueError, match="no symbolic inputs"):
+    measurement.measure(Subclassed(), batches(images, labels))
+
+
+def test_spatial_logits_raise():
+  inputs = keras.Input((6, 6, 2))
+  logits = keras.layers.Conv2D(NUM_CLASSES, 3, padding="same")(inputs)
+  model = keras.Model(inputs, logits)
+  images, labels = make_data((6, 6, 2))
+
+  with pytest.raises(ValueError, match=r"outputs shape \(None, 6, 6, 3\)"):
+    measurement.measure(model, batches(images, labels))
+
+
+@pytest.mark.parametrize("unbatched", [True, False])
+def test_mismatched_image_shape_raises(unbatched):
+  model = tiny_convnet()
+  images, labels = make_data((6, 6, 2))
+  if unbatched:
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+  else:
+    dataset = batches(images.reshape(len(images), -1), labels)
+
+  with pytest.raises(ValueError, match="train_dataset yields images of shape"):
+    measurement.measure(model, dataset)
+
+
+def test_image_rank_change_between_calls():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+
+  flat = measurement.measure(model, batches(images, labels))
+  # Keras drops a trailing axis of size 1, so these are the same images.
+  column = measurement.measure(model, batches(images[..., None], labels))
+  again = measurement.measure(model, batches(images, labels))
+
+  for first, second, third in zip(flat["train"], column["train"],
+                                  again["train"]):
+    assert_results_match(second, first, rtol=1e-6)
+    assert_results_match(third, first, rtol=1e-6)
+
+
+def test_probe_of_other_model_raises():
+  model = tiny_mlp()
+  other = tiny_mlp()
+  images, labels = make_data((6,))
+
+  with pytest.raises(ValueError, match="probe was built from another model"):
+    measurement.measure(model, batches(images, labels),
+                        probe=probe_lib.build_probe(other))
+
+
+def test_quantized_kernel_raises():
+  model = tiny_mlp()
+  model.quantize("int8")
+  images, labels = make_data((6,))
+
+  with pytest.raises(ValueError, match="has dtype int8, as in a quantized"):
+    measurement.measure(model, batches(images, labels))
+
+
+def test_measure_follows_replaced_variables():
+  keras.utils.set_random_seed(0)
+  model = tiny_mlp()
+  images, labels = make_data((6,))
+  measurement.measure(model, batches(images, labels))
+
+  # LoRA adds variables that the passes traced before it would not read.
+  layer = model.get_layer("dense_2")
+  layer.enable_lora(2)
+  layer.lora_kernel_b.assign(np.ones(layer.lora_kernel_b.shape))
+  after = measurement.measure(model, batches(images, labels))
+
+  expected = array_metrics(model, images, labels)
+  for streamed, reference in zip(after["train"], expected):
+    assert_results_match(streamed, reference, rtol=1e-4)
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("max_covariance_dim", None),
+    ("max_covariance_dim", "auto"),
+    ("lambda_max_passes", 1.5),
+    ("strategy", "cpu"),
+])
+def test_invalid_argument_type_raises(argument, value):
+  with pytest.raises(ValueError, match=f"{argument} must be"):
+    measurement.StreamingMeasurement(tiny_mlp(), **{argument: value})
+
+
+def test_jit_with_cpu_replicas_raises(two_replicas):
+  with two_replicas.scope():
+    model = tiny_mlp()
+
+  with pytest.raises(ValueError, match="jit_compile=True fails with 2 CPU"):
+    measurement.StreamingMeasurement(model, strategy=two_replicas,
+                                     jit_compile=True)
 
 
 def test_invalid_jit_compile_raises():
