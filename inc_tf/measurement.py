@@ -293,6 +293,11 @@ class StreamingMeasurement:
     self._host_scatter = host_scatter
     if probe is None:
       probe = probe_lib.build_probe(model)
+    if not isinstance(probe, tuple) or len(probe) != 2:
+      raise ValueError(
+          f"probe must be the (probe_model, points) pair that "
+          f"inc_tf.probe.build_probe(model) returns, got "
+          f"{type(probe).__name__}; pass that pair, or leave probe out.")
     self._probe_model, self._points = probe
     layers = {id(layer) for layer in model.layers}
     if any(id(point.layer) not in layers for point in self._points):

@@ -472,6 +472,16 @@ def test_probe_of_other_model_raises():
                         probe=probe_lib.build_probe(other))
 
 
+def test_probe_model_alone_raises():
+  model = tiny_mlp()
+  probe_model, _ = probe_lib.build_probe(model)
+  images, labels = make_data((6,))
+
+  with pytest.raises(ValueError, match="probe must be the .probe_model, "
+                     "points. pair"):
+    measurement.measure(model, batches(images, labels), probe=probe_model)
+
+
 def test_quantized_kernel_raises():
   model = tiny_mlp()
   model.quantize("int8")
