@@ -238,8 +238,7 @@ class StreamingMeasurement:
     _check_model(model)
     if num_classes is None:
       num_classes = _num_classes_of(model)
-    if isinstance(num_classes, bool) or not isinstance(
-        num_classes, (int, np.integer)) or num_classes < 2:
+    if not _is_int(num_classes) or num_classes < 2:
       raise ValueError(
           f"num_classes must be an integer >= 2, got {num_classes!r}.")
     if not _is_int(max_covariance_dim) or max_covariance_dim < 1:
@@ -278,8 +277,9 @@ class StreamingMeasurement:
     if jit_compile is True and replicas > 1 and not runs_on_accelerators(
         self._strategy):
       raise ValueError(
-          f"jit_compile=True fails with {replicas} CPU replicas in "
-          "TensorFlow 2.21; pass jit_compile='auto' or False.")
+          f"jit_compile=True is invalid with {replicas} CPU replicas "
+          "because XLA fails there in TensorFlow 2.21; pass "
+          "jit_compile='auto' or False.")
     if jit_compile == "auto":
       jit_compile = replicas == 1
     self._jit_compile = jit_compile
@@ -302,7 +302,7 @@ class StreamingMeasurement:
     layers = {id(layer) for layer in model.layers}
     if any(id(point.layer) not in layers for point in self._points):
       raise ValueError(
-          f"The probe was built from another model than {model.name!r}; "
+          f"The probe was built from a model other than {model.name!r}; "
           "pass probe=inc_tf.probe.build_probe(model), or leave probe out.")
     outputs = model.outputs[0].shape[-1]
     if outputs is not None and int(outputs) != self._num_classes:
@@ -645,9 +645,9 @@ class StreamingMeasurement:
       constants["ncc_penalty"] = tf.constant(
           np.where(ncc_valid, 0.0, np.inf), tf.float32)
 
-    # The element spec is part of the key because the host step relaxes
-    # its input shapes between calls: after images of another rank it would
-    # accept any rank, which the probe model cannot trace.
+    # The element spec is part of the key because the host step relaxes its
+    # input shapes between calls. After images of another rank it accepted
+    # any rank, which the probe model cannot trace.
     key = (kind, tuple(r is None for r in rights),
            tuple(b is None for b in bases), with_ncc, group,
            tuple(tf.nest.flatten(dataset.element_spec)))
@@ -1338,10 +1338,9 @@ def _centred_stats(totals, position, layout, means, counts):
   return stats
 
 
-# `measure`'s StreamingMeasurement per live model, with the options it was
-# built for: `(options, measurement)`. The key is weak, and a
-# StreamingMeasurement does not refer to its model, so the entry is dropped
-# with the model.
+# Measurements that `measure` reuses: `(options, StreamingMeasurement)` for
+# each live model. The keys are weak and a StreamingMeasurement does not
+# refer to its model, so an entry goes when its model is deleted.
 _REUSED_MEASUREMENTS = weakref.WeakKeyDictionary()
 
 
@@ -1381,7 +1380,7 @@ def measure(model, train_dataset, test_dataset=None, num_classes=None,
   is deleted.
   """
   _check_model(model)
-  # The variables are part of the options: `layer.enable_lora` and
+  # The variables are part of the options because `layer.enable_lora` and
   # `model.quantize` add or replace variables that traced passes would miss.
   options = (num_classes, strategy or tf.distribute.get_strategy(),
              max_covariance_dim, lambda_max_passes, probe, jit_compile,
